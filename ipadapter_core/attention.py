@@ -1,0 +1,117 @@
+"""Decoupled cross-attention: Z = Attn(Q, K_text, V_text) + Σ_a λ_a · Attn(Q, K_a, V_a).
+
+The text half is whatever the host computed; this module adds the image halves. Each
+adapter keeps its own softmax (concatenating image and text tokens into one softmax is a
+different model). The weight λ_a is folded into V_a by whoever builds the values, because
+attention is linear in V: that costs a few tokens' worth of work instead of a query-sized pass.
+
+Image branches have only 4-16 tokens per reference, so their cost is bytes moved, not
+arithmetic. When heads x tokens is small, all adapters of a layer are evaluated as two batched
+matrix products against block-diagonal key/value matrices (one column block per head and
+adapter): the query is read once in its native (B, L, heads*dim) layout, no head transposes,
+and the add to the text output is fused into the second product. Past `FUSED_COLUMN_LIMIT`
+columns the zero blocks would cost more arithmetic than the passes they save, and each
+adapter goes through a general attention kernel instead (the host's optimised one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import accumulate
+
+import torch
+import torch.nn.functional as F
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+FUSED_COLUMN_LIMIT = 256
+
+
+def image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Per-head softmax(q kᵀ/√d) v for (batch, tokens, heads*dim) tensors; the reference form."""
+    b, length, width = q.shape
+    d = width // heads
+    q, k, v = (t.reshape(t.shape[0], -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, length, width)
+
+
+def block_diagonal_keys(k: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, H*d) -> (B, H*d, H*T): head h's keys in rows h*d.. and columns h*T.., scaled by d^-1/2."""
+    b, t, width = k.shape
+    d = width // heads
+    eye = torch.eye(heads, dtype=k.dtype, device=k.device)
+    return torch.einsum("bthi,hg->bhigt", k.reshape(b, t, heads, d), eye).reshape(b, width, heads * t) * d**-0.5
+
+
+def block_diagonal_values(v: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, H*d) -> (B, H*T, H*d): head h's values in rows h*T.. and columns h*d.."""
+    b, t, width = v.shape
+    d = width // heads
+    eye = torch.eye(heads, dtype=v.dtype, device=v.device)
+    return torch.einsum("bthi,hg->bhtgi", v.reshape(b, t, heads, d), eye).reshape(b, heads * t, width)
+
+
+class ImageKeysValues:
+    """The image keys/values of every adapter on one layer, laid out for one batch.
+
+    Built once per layer and batch layout (per sampling run), then applied at every step.
+    """
+
+    def __init__(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], heads: int):
+        self.heads = heads
+        self.token_counts = tuple(k.shape[1] for k in keys)
+        self.fused = heads * sum(self.token_counts) <= FUSED_COLUMN_LIMIT
+        if self.fused:
+            self.key_blocks = torch.cat([block_diagonal_keys(k, heads) for k in keys], dim=2)
+            self.value_blocks = torch.cat([block_diagonal_values(v, heads) for v in values], dim=1)
+            columns = [heads * t for t in self.token_counts]
+            self.segments = list(zip(accumulate([0] + columns[:-1]), columns))
+            # (adapters, columns) indicator: turns one scale per adapter into one per value row.
+            self.segment_matrix = torch.zeros(len(columns), sum(columns), dtype=values[0].dtype, device=values[0].device)
+            for a, (start, width) in enumerate(self.segments):
+                self.segment_matrix[a, start : start + width] = 1
+        else:
+            self.keys, self.values = list(keys), list(values)
+
+    def add_to(
+        self,
+        text_out: torch.Tensor,
+        q: torch.Tensor,
+        attention: AttentionFn = image_attention,
+        value_scale: torch.Tensor | None = None,
+        masks: Sequence[torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
+        """text_out + Σ_a mask_a · Attn(q, K_a, scale_a · V_a).
+
+        value_scale: (B, adapters) per-sample factors applied on top of the folded weights
+        (step gating, per-frame weights); masks: per adapter, None or (B, L, 1) over the queries.
+        """
+        if self.fused:
+            return self.add_fused(text_out, q, value_scale, masks)
+        out = text_out
+        for a, (k, v) in enumerate(zip(self.keys, self.values)):
+            if value_scale is not None:
+                v = v * value_scale[:, a, None, None]
+            branch = attention(q, k, v, self.heads)
+            if masks is not None and masks[a] is not None:
+                branch = branch * masks[a]
+            out = out + branch
+        return out
+
+    def add_fused(self, text_out, q, value_scale, masks):
+        b, length, _ = q.shape
+        scores = torch.bmm(q, self.key_blocks)
+        if len(set(self.token_counts)) == 1:
+            probs = scores.view(b, length, -1, self.token_counts[0]).softmax(dim=-1).view(b, length, -1)
+        else:
+            probs = torch.cat(
+                [scores[..., start : start + width].unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(-2) for start, width in self.segments],
+                dim=-1,
+            )
+        if masks is not None:
+            for (start, width), mask in zip(self.segments, masks):
+                if mask is not None:
+                    probs[..., start : start + width] *= mask
+        values = self.value_blocks
+        if value_scale is not None:
+            values = values * (value_scale.to(values.dtype) @ self.segment_matrix).unsqueeze(-1)
+        return torch.baddbmm(text_out, probs, values)

@@ -1,0 +1,84 @@
+"""Which checkpoint layer (`{n}.to_k_ip`) belongs to which cross-attention layer of a UNet.
+
+Checkpoints number layers by their position in diffusers' `unet.attn_processors`: down blocks,
+then up blocks, then the mid block last, each transformer block taking two numbers (attn1,
+attn2). Walking an LDM-layout UNet (`input_blocks`, `middle_block`, `output_blocks`, as
+ComfyUI and the original Stable Diffusion code build it) in that order derives the map for any
+UNet of the family - fine-tunes, merges, SD1.5, SDXL - instead of trusting a hard-coded table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import IPAdapterError
+from .variants import AdapterSpec
+
+LayerKey = tuple[str, int, int]  # (block name, block number, transformer index), ComfyUI's patch key
+
+
+@dataclass(frozen=True)
+class CrossAttentionLayer:
+    key: LayerKey
+    processor_index: int  # the `n` of `{n}.to_k_ip.weight`
+    inner_dim: int
+    context_dim: int
+    heads: int
+
+
+def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
+    """Every cross-attention layer of an LDM-layout UNet, in checkpoint (diffusers) order."""
+    blocks = [("input", number, block) for number, block in enumerate(unet.input_blocks)]
+    blocks += [("output", number, block) for number, block in enumerate(unet.output_blocks)]
+    if getattr(unet, "middle_block", None) is not None:
+        blocks.append(("middle", 0, unet.middle_block))
+    layers = []
+    processor_index = 0
+    for block_name, number, block in blocks:
+        for module in block:
+            for index, transformer in enumerate(getattr(module, "transformer_blocks", ())):
+                processor_index += 1  # attn1 of this transformer block
+                attention = getattr(transformer, "attn2", None)
+                if attention is None:
+                    continue
+                layers.append(
+                    CrossAttentionLayer(
+                        key=(block_name, number, index),
+                        processor_index=processor_index,
+                        inner_dim=attention.to_k.weight.shape[0],
+                        context_dim=attention.to_k.weight.shape[1],
+                        heads=attention.heads,
+                    )
+                )
+                processor_index += 1
+    return layers
+
+
+def match_adapter(layers: list[CrossAttentionLayer], spec: AdapterSpec, model_name: str = "this model") -> list[CrossAttentionLayer]:
+    """The model's layers paired with the adapter's, or an error that names the right adapter family."""
+    if not layers:
+        raise IPAdapterError(f"{model_name} has no cross-attention layers; IP-Adapter works with SD1.5 and SDXL UNets.")
+    context_dims = {layer.context_dim for layer in layers}
+    if context_dims != {spec.cross_attention_dim}:
+        model_family = family_of(context_dims)
+        raise IPAdapterError(
+            f"Wrong IP-Adapter for the model: {model_name} is {model_family} but this is an {spec.description}. "
+            f"Load an IP-Adapter made for {model_family}."
+        )
+    by_index = {layer.processor_index: layer for layer in layers}
+    adapter_dims = dict(spec.layer_dims)
+    model_dims = {index: layer.inner_dim for index, layer in by_index.items()}
+    if adapter_dims != model_dims:
+        raise IPAdapterError(
+            f"The IP-Adapter's {len(adapter_dims)} layers do not line up with the {len(model_dims)} "
+            f"cross-attention layers of {model_name} ({spec.family} adapter on a model with a different "
+            "UNet layout). Use an IP-Adapter trained for this model's architecture."
+        )
+    return layers
+
+
+def family_of(context_dims: set[int]) -> str:
+    names = {768: "SD1.5", 2048: "SDXL", 1024: "SD2.x"}
+    return " / ".join(names.get(dim, f"a model with text width {dim}") for dim in sorted(context_dims))

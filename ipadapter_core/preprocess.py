@@ -1,0 +1,61 @@
+"""Reference images -> CLIP pixel values, as the IP-Adapter reference pipeline prepares them.
+
+Images arrive as ComfyUI-style float tensors (batch, height, width, channels) in [0, 1].
+CLIP preprocessing: shortest side to `size` (bicubic, antialiased), centre crop, quantise to
+8-bit levels (the reference works on uint8 PIL images, so this keeps results comparable),
+normalise with CLIP's mean and std.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import IPAdapterError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def to_rgb(image: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """Accept RGB, RGBA (alpha dropped, as PIL's convert("RGB") does), grayscale and grayscale+alpha."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise IPAdapterError(f"The {name} must be an IMAGE batch (batch, height, width, channels); got {shape}.")
+    if image.shape[0] == 0 or image.shape[1] < 1 or image.shape[2] < 1:
+        raise IPAdapterError(f"The {name} is empty ({tuple(image.shape)}); connect an image with at least one pixel.")
+    channels = image.shape[-1]
+    if channels in (1, 2):
+        image = image[..., :1].expand(*image.shape[:-1], 3)
+    elif channels == 4:
+        image = image[..., :3]
+    elif channels != 3:
+        raise IPAdapterError(f"The {name} has {channels} channels; expected RGB (3), RGBA (4) or grayscale (1).")
+    image = image.float()
+    if not torch.isfinite(image).all():
+        raise IPAdapterError(f"The {name} contains NaN or infinite values; check the node that produced it.")
+    return image
+
+
+def clip_pixels(
+    image: torch.Tensor,
+    size: int = 224,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+    crop: bool = True,
+) -> torch.Tensor:
+    """(B, H, W, C) in [0, 1] -> normalised (B, 3, size, size). Without crop the image is squashed."""
+    pixels = to_rgb(image).movedim(-1, 1)
+    if pixels.shape[2:] != (size, size):
+        if crop:
+            scale = size / min(pixels.shape[2:])
+            target = (max(size, round(scale * pixels.shape[2])), max(size, round(scale * pixels.shape[3])))
+        else:
+            target = (size, size)
+        pixels = F.interpolate(pixels, size=target, mode="bicubic", antialias=True)
+        top, left = (pixels.shape[2] - size) // 2, (pixels.shape[3] - size) // 2
+        pixels = pixels[:, :, top : top + size, left : left + size]
+    pixels = (pixels * 255).clamp(0, 255).round() / 255
+    mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels - mean_t) / std_t

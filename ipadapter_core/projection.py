@@ -1,0 +1,120 @@
+"""The three image projection networks of the official IP-Adapters, in their checkpoint layouts.
+
+Each turns CLIP image features into tokens of the UNet's text-embedding width. Module and
+parameter names follow the official checkpoints exactly, so `load_state_dict` is strict.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .variants import AdapterSpec
+
+
+class ImageProjModel(nn.Module):
+    """Base / light / vit-G / SDXL: one pooled embedding -> N tokens."""
+
+    def __init__(self, clip_dim: int, cross_dim: int, num_tokens: int):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.proj = nn.Linear(clip_dim, num_tokens * cross_dim)
+        self.norm = nn.LayerNorm(cross_dim)
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        tokens = self.proj(embeds).reshape(embeds.shape[0], self.num_tokens, -1)
+        return self.norm(tokens)
+
+
+class MLPProjModel(nn.Module):
+    """Full-face: every encoder token is projected on its own (257 tokens in, 257 out)."""
+
+    def __init__(self, clip_dim: int, cross_dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(clip_dim, clip_dim), nn.GELU(), nn.Linear(clip_dim, cross_dim), nn.LayerNorm(cross_dim))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.proj(hidden_states)
+
+
+class PerceiverAttention(nn.Module):
+    """Latent queries attend to the image tokens and to themselves (the official Resampler block)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int = 64):
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_kv = nn.Linear(dim, heads * dim_head * 2, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x)
+        latents = self.norm2(latents)
+        batch, length, _ = latents.shape
+        q = self.split_heads(self.to_q(latents))
+        k, v = (self.split_heads(t) for t in self.to_kv(torch.cat((x, latents), dim=-2)).chunk(2, dim=-1))
+        # The reference scales q and k by dim_head^-1/4 each (more stable in fp16 than scaling once)
+        # and takes the softmax in fp32; both are kept so fp16 results match it.
+        scale = 1 / math.sqrt(math.sqrt(self.dim_head))
+        weight = (q * scale) @ (k * scale).transpose(-2, -1)
+        weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
+        out = (weight @ v).permute(0, 2, 1, 3).reshape(batch, length, -1)
+        return self.to_out(out)
+
+    def split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2)
+
+
+def feed_forward(dim: int, mult: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(), nn.Linear(dim * mult, dim, bias=False))
+
+
+class Resampler(nn.Module):
+    """Plus / plus-face: a perceiver that reads all encoder tokens into a few learned queries."""
+
+    def __init__(self, dim: int, depth: int, heads: int, num_queries: int, embedding_dim: int, output_dim: int, ff_mult: int = 4):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
+        self.proj_in = nn.Linear(embedding_dim, dim)
+        self.proj_out = nn.Linear(dim, output_dim)
+        self.norm_out = nn.LayerNorm(output_dim)
+        self.layers = nn.ModuleList(nn.ModuleList([PerceiverAttention(dim, heads), feed_forward(dim, ff_mult)]) for _ in range(depth))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        latents = self.latents.repeat(hidden_states.shape[0], 1, 1)
+        x = self.proj_in(hidden_states)
+        for attention, ff in self.layers:
+            latents = attention(x, latents) + latents
+            latents = ff(latents) + latents
+        return self.norm_out(self.proj_out(latents))
+
+
+def build_image_projection(spec: AdapterSpec, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Instantiate the projection for `spec` on the meta device and adopt the file's tensors.
+
+    Building on meta and assigning avoids initialising (and then overwriting) millions of
+    random weights, which dominates load time otherwise.
+    """
+    with torch.device("meta"):
+        if spec.projection == "linear":
+            model = ImageProjModel(spec.encoder_width, spec.cross_attention_dim, spec.num_tokens)
+        elif spec.projection == "mlp":
+            model = MLPProjModel(spec.encoder_width, spec.cross_attention_dim)
+        else:
+            dim = state_dict["proj_in.weight"].shape[0]
+            model = Resampler(
+                dim=dim,
+                depth=spec.resampler_depth,
+                heads=spec.resampler_heads,
+                num_queries=spec.num_tokens,
+                embedding_dim=spec.encoder_width,
+                output_dim=spec.cross_attention_dim,
+                ff_mult=state_dict["layers.0.1.1.weight"].shape[0] // dim,
+            )
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,19 @@
+"""ComfyUI node classes of the pack; registered by the package's top-level __init__."""
+
+from .apply_ipadapter import ApplyIPAdapter
+from .encode_image_prompt import EncodeImagePrompt
+from .folders import register_model_folder
+from .load_ipadapter import LoadIPAdapter
+
+NODE_CLASS_MAPPINGS = {
+    "LoadIPAdapter": LoadIPAdapter,
+    "EncodeImagePrompt": EncodeImagePrompt,
+    "ApplyIPAdapter": ApplyIPAdapter,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoadIPAdapter": "Load IP-Adapter",
+    "EncodeImagePrompt": "Encode Image Prompt (IP-Adapter)",
+    "ApplyIPAdapter": "Apply IP-Adapter",
+}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "register_model_folder"]

