@@ -1,0 +1,43 @@
+"""Shared fixtures: the real ComfyUI imported once per session, and models too slow to build twice."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tools import random_models  # noqa: E402
+from tools.comfy_host import import_comfy, import_pack  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    return import_comfy()
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    return import_pack()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(comfy):
+    return random_models.tiny_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_layer_dims(pack, tiny_model):
+    from comfyui_ipadapter.ipadapter_core.layer_map import cross_attention_layers
+
+    layers = cross_attention_layers(tiny_model.get_model_object("diffusion_model"))
+    return [(layer.processor_index, layer.inner_dim) for layer in layers]
+
+
+@pytest.fixture(scope="session")
+def small_clip_vision(comfy, tmp_path_factory):
+    """A real ComfyUI ViT-H/14 ClipVisionModel cut to 2 layers: the right widths, built in a second."""
+    return random_models.comfy_clip_vision("vit-h", seed=1, num_layers=2, tmp_dir=tmp_path_factory.mktemp("clip"))
