@@ -44,6 +44,11 @@ def read_weights_file(path: str | Path) -> StateDict:
         if path.suffix in PICKLE_SUFFIXES:
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):  # not a refused import: the pickle stream itself is broken
+            raise IPAdapterError(
+                f"{path.name} could not be read as plain weights: the file is corrupt or truncated, or it is a "
+                "pickle that needs code to load. Download it again, preferably the .safetensors release."
+            ) from error
         raise IPAdapterError(
             f"{path.name} contains Python objects that can only be loaded by unpickling, which can run "
             "arbitrary code; it was not loaded. Use the official .safetensors release of this adapter, "

@@ -1,8 +1,8 @@
 """Which checkpoint layer (`{n}.to_k_ip`) belongs to which cross-attention layer of a UNet.
 
-Checkpoints number layers by their position in diffusers' `unet.attn_processors`: down blocks,
-then up blocks, then the mid block last, each transformer block taking two numbers (attn1,
-attn2). Walking an LDM-layout UNet (`input_blocks`, `middle_block`, `output_blocks`, as
+Checkpoints number the j-th cross-attention layer n = 2j + 1, counting in the order of
+diffusers' `unet.attn_processors`: down blocks, then up blocks, then the mid block last (the
+official trainer numbered every attention processor, attn1 taking the even numbers). Walking an LDM-layout UNet (`input_blocks`, `middle_block`, `output_blocks`, as
 ComfyUI and the original Stable Diffusion code build it) in that order derives the map for any
 UNet of the family - fine-tunes, merges, SD1.5, SDXL - instead of trusting a hard-coded table.
 """
@@ -35,24 +35,21 @@ def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
     if getattr(unet, "middle_block", None) is not None:
         blocks.append(("middle", 0, unet.middle_block))
     layers = []
-    processor_index = 0
     for block_name, number, block in blocks:
         for module in block:
             for index, transformer in enumerate(getattr(module, "transformer_blocks", ())):
-                processor_index += 1  # attn1 of this transformer block
                 attention = getattr(transformer, "attn2", None)
                 if attention is None:
                     continue
                 layers.append(
                     CrossAttentionLayer(
                         key=(block_name, number, index),
-                        processor_index=processor_index,
+                        processor_index=2 * len(layers) + 1,
                         inner_dim=attention.to_k.weight.shape[0],
                         context_dim=attention.to_k.weight.shape[1],
                         heads=attention.heads,
                     )
                 )
-                processor_index += 1
     return layers
 
 

@@ -42,11 +42,14 @@ VISION_CONFIGS = {
 class Randn:
     """Deterministic random tensors, scaled like a default Linear so activations stay O(1)."""
 
-    def __init__(self, seed: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, seed: int, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         self.generator = torch.Generator().manual_seed(seed)
         self.dtype = dtype
+        self.device = device
 
     def __call__(self, *shape: int, scale: float = 1.0) -> torch.Tensor:
+        if self.device == "meta":  # shapes only: enough for layout detection of multi-GB SDXL adapters
+            return torch.empty(*shape, dtype=self.dtype, device="meta")
         return (torch.randn(*shape, generator=self.generator) * scale).to(self.dtype)
 
     def weight(self, out_dim: int, in_dim: int) -> torch.Tensor:
@@ -64,13 +67,14 @@ def adapter_state_dict(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     resampler_heads: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, dict[str, torch.Tensor]]:
     """A random adapter in the official nested layout {"image_proj": ..., "ip_adapter": ...}.
 
     kind: "base" (ImageProjModel, 4 tokens), "plus" (Resampler, 16 queries, depth 4), "full" (MLP).
     clip_dim defaults to ViT-H's width for that kind (1024 pooled, 1280 hidden).
     """
-    r = Randn(seed, dtype)
+    r = Randn(seed, dtype, device)
     proj: dict[str, torch.Tensor] = {}
     if kind == "base":
         clip_dim = clip_dim or 1024

@@ -1,0 +1,177 @@
+"""Checkpoint reading and variant detection (ipadapter_core alone, no ComfyUI)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ipadapter_core.adapter import IPAdapterModel
+from ipadapter_core.checkpoint import load_adapter_weights, split_adapter_weights
+from ipadapter_core.errors import IPAdapterError
+from ipadapter_core.variants import IMAGE_EMBEDS, PENULTIMATE, detect_variant
+from tools.random_models import SD15_LAYER_DIMS, adapter_state_dict, save_adapter, sdxl_layer_dims
+
+# (kind, cross_dim, clip_dim, resampler heads) -> what detection must report. SDXL files are
+# built on the meta device: detection only reads shapes, and real ones are 350M-700M parameters.
+OFFICIAL = {
+    "ip-adapter_sd15": ("base", 768, 1024, None, dict(projection="linear", encoder_output=IMAGE_EMBEDS, encoder_width=1024, num_tokens=4, family="SD1.5", encoder_name="CLIP ViT-H/14")),
+    "ip-adapter_sd15_vit-G": ("base", 768, 1280, None, dict(projection="linear", encoder_width=1280, family="SD1.5", encoder_name="CLIP ViT-bigG/14")),
+    "ip-adapter-plus_sd15": ("plus", 768, 1280, None, dict(projection="resampler", encoder_output=PENULTIMATE, encoder_width=1280, num_tokens=16, resampler_heads=12, resampler_depth=4, encoder_name="CLIP ViT-H/14")),
+    "ip-adapter-full-face_sd15": ("full", 768, 1280, None, dict(projection="mlp", encoder_output=PENULTIMATE, encoder_width=1280, num_tokens=None, family="SD1.5")),
+    "ip-adapter_sdxl": ("base", 2048, 1280, None, dict(projection="linear", encoder_width=1280, num_tokens=4, family="SDXL", encoder_name="CLIP ViT-bigG/14")),
+    "ip-adapter_sdxl_vit-h": ("base", 2048, 1024, None, dict(projection="linear", encoder_width=1024, family="SDXL", encoder_name="CLIP ViT-H/14")),
+    "ip-adapter-plus_sdxl_vit-h": ("plus", 2048, 1280, 20, dict(projection="resampler", encoder_width=1280, num_tokens=16, resampler_heads=20, family="SDXL", encoder_name="CLIP ViT-H/14")),
+}
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL))
+def test_detects_every_official_variant(name):
+    kind, cross_dim, clip_dim, heads, expected = OFFICIAL[name]
+    dims = SD15_LAYER_DIMS if cross_dim == 768 else sdxl_layer_dims()
+    weights = split_adapter_weights(adapter_state_dict(kind, dims, cross_dim, clip_dim, resampler_heads=heads, device="meta"))
+    spec = detect_variant(weights)
+    for field, value in expected.items():
+        assert getattr(spec, field) == value, field
+    assert spec.cross_attention_dim == cross_dim
+    assert spec.layer_dims == tuple(dims)
+
+
+def test_official_parameter_counts():
+    """The layouts match the reference's parameter counts (22.3M base SD1.5, 49.1M plus, 21.8M full-face)."""
+    expected = {"base": 22.3e6, "plus": 49.1e6, "full": 21.8e6}
+    for kind, count in expected.items():
+        state = adapter_state_dict(kind, SD15_LAYER_DIMS, device="meta")
+        total = sum(t.numel() for part in state.values() for t in part.values())
+        assert abs(total - count) < 0.06e6, (kind, total)
+
+
+@pytest.mark.parametrize("suffix, prefix", [(".bin", None), (".safetensors", "ip_adapter"), (".safetensors", "adapter_modules")])
+def test_file_formats_load_identically(tmp_path, suffix, prefix):
+    state = adapter_state_dict("plus", SD15_LAYER_DIMS, seed=3, dtype=torch.float16)
+    path = save_adapter(state, tmp_path / f"adapter{suffix}", prefix=prefix or "ip_adapter")
+    adapter = IPAdapterModel.load(path)
+    assert adapter.spec.projection == "resampler"
+    loaded = adapter.state_dict_official()
+    for key, tensor in state["image_proj"].items():
+        assert torch.equal(loaded[f"image_proj.{key}"], tensor)
+    for key, tensor in state["ip_adapter"].items():
+        assert loaded[f"ip_adapter.{key}"].dtype == torch.float16
+        assert torch.equal(loaded[f"ip_adapter.{key}"], tensor)
+
+
+def test_mixed_precision_file(tmp_path):
+    """ip-adapter-plus_sd15.bin stores image_proj in fp32 and the layers in fp16."""
+    state = adapter_state_dict("plus", SD15_LAYER_DIMS, seed=4, dtype=torch.float16)
+    state["image_proj"] = {k: v.float() for k, v in state["image_proj"].items()}
+    adapter = IPAdapterModel.load(save_adapter(state, tmp_path / "plus.bin"))
+    assert adapter.image_proj.proj_in.weight.dtype == torch.float32
+    assert adapter.layer(1).to_k_ip.weight.dtype == torch.float16
+    tokens = adapter.project(torch.randn(1, 257, 1280))
+    assert tokens.shape == (1, 16, 768) and torch.isfinite(tokens).all()
+
+
+def test_saved_model_round_trips(tmp_path):
+    state = adapter_state_dict("full", SD15_LAYER_DIMS, seed=5)
+    adapter = IPAdapterModel.load(save_adapter(state, tmp_path / "a.safetensors"))
+    save_file({k: v.contiguous() for k, v in adapter.state_dict_official().items()}, str(tmp_path / "b.safetensors"))
+    again = IPAdapterModel.load(tmp_path / "b.safetensors")
+    assert again.identity == adapter.identity
+    assert again.spec == adapter.spec
+
+
+def test_identity_tells_adapters_apart(tmp_path):
+    a = IPAdapterModel.load(save_adapter(adapter_state_dict("base", SD15_LAYER_DIMS, seed=1), tmp_path / "a.bin"))
+    a_again = IPAdapterModel.load(save_adapter(adapter_state_dict("base", SD15_LAYER_DIMS, seed=1), tmp_path / "a.safetensors"))
+    b = IPAdapterModel.load(save_adapter(adapter_state_dict("base", SD15_LAYER_DIMS, seed=2), tmp_path / "b.bin"))
+    assert a.identity == a_again.identity
+    assert a.identity != b.identity
+
+
+class Exploit:
+    """A pickle payload that would create a file if unpickled without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_refuses_unsafe_pickle(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.bin"
+    torch.save({"image_proj": {"x": Exploit(marker)}, "ip_adapter": {}}, path)
+    with pytest.raises(IPAdapterError, match="unpickling.*not loaded.*safetensors"):
+        load_adapter_weights(path)
+    assert not marker.exists()
+
+
+def test_refuses_plain_pickle_of_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(Exploit(tmp_path / "pwned2")))
+    with pytest.raises(IPAdapterError, match="needs code to load"):
+        load_adapter_weights(path)
+    assert not (tmp_path / "pwned2").exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+def test_truncated_file(tmp_path, suffix):
+    path = save_adapter(adapter_state_dict("base", SD15_LAYER_DIMS), tmp_path / f"adapter{suffix}")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IPAdapterError, match="corrupt or truncated.*Download it again"):
+        load_adapter_weights(path)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+def test_garbage_file(tmp_path, suffix):
+    path = tmp_path / f"adapter{suffix}"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(IPAdapterError, match="corrupt or truncated"):
+        load_adapter_weights(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(IPAdapterError, match="not found.*models/ipadapter"):
+        load_adapter_weights(tmp_path / "nope.safetensors")
+
+
+def test_empty_ip_adapter_dict(tmp_path):
+    state = adapter_state_dict("base", SD15_LAYER_DIMS)
+    state["ip_adapter"] = {}
+    with pytest.raises(IPAdapterError, match="empty `ip_adapter`.*re-export"):
+        load_adapter_weights(save_adapter(state, tmp_path / "empty.bin"))
+
+
+def test_not_an_adapter(tmp_path):
+    path = tmp_path / "clip.safetensors"
+    save_file({"vision_model.embeddings.class_embedding": torch.zeros(1280)}, str(path))
+    with pytest.raises(IPAdapterError, match="not an IP-Adapter checkpoint.*clip_vision"):
+        load_adapter_weights(path)
+
+
+def test_faceid_is_refused_clearly():
+    state = {"image_proj": {"proj.0.weight": torch.zeros(1024, 512), "proj.0.bias": torch.zeros(1024),
+                            "proj.2.weight": torch.zeros(3072, 1024), "proj.2.bias": torch.zeros(3072),
+                            "norm.weight": torch.zeros(768), "norm.bias": torch.zeros(768)},
+             "ip_adapter": {"1.to_k_ip.weight": torch.zeros(320, 768), "1.to_v_ip.weight": torch.zeros(320, 768)}}
+    with pytest.raises(IPAdapterError, match="FaceID.*plus-face or full-face"):
+        detect_variant(split_adapter_weights(state))
+
+
+def test_inconsistent_widths():
+    state = adapter_state_dict("base", SD15_LAYER_DIMS, cross_dim=768)
+    state["ip_adapter"] = adapter_state_dict("base", [(1, 640)], cross_dim=2048)["ip_adapter"]
+    with pytest.raises(IPAdapterError, match="Inconsistent.*768.*2048"):
+        detect_variant(split_adapter_weights(state))
+
+
+def test_unpaired_layer():
+    state = adapter_state_dict("base", SD15_LAYER_DIMS)
+    del state["ip_adapter"]["31.to_v_ip.weight"]
+    with pytest.raises(IPAdapterError, match="Layer 31.*damaged"):
+        detect_variant(split_adapter_weights(state))

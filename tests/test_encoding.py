@@ -1,0 +1,102 @@
+"""Reference images -> image tokens, against ComfyUI's preprocessing and diffusers' encode path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import relative_error
+from tools import random_models
+
+
+def image(seed, shape):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("shape", [(1, 224, 224, 3), (2, 300, 200, 3), (1, 37, 511, 3), (1, 10, 7, 3), (1, 1, 1, 3)])
+def test_pixels_match_comfyui_clip_preprocess(comfy, shape):
+    from comfy.clip_vision import clip_preprocess
+
+    from ipadapter_core.preprocess import clip_pixels
+
+    batch = image(0, shape)
+    assert torch.allclose(clip_pixels(batch), clip_preprocess(batch), atol=1e-6)
+
+
+def test_pixels_match_transformers_clip_processor():
+    """The reference pipeline preprocesses uint8 PIL images with CLIPImageProcessor (224, bicubic, centre crop)."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    from ipadapter_core.preprocess import clip_pixels
+
+    rgb = (image(1, (1, 180, 320, 3)) * 255).round().to(torch.uint8)
+    expected = CLIPImageProcessor(size=224, crop_size=224)(Image.fromarray(rgb[0].numpy()), return_tensors="pt").pixel_values
+    actual = clip_pixels(rgb.float() / 255)
+    # PIL and torch resample slightly differently; one 8-bit level is 0.015 after normalisation.
+    assert (actual - expected).abs().mean() < 0.01
+    assert relative_error(actual, expected) < 0.02
+
+
+def test_rgba_and_grayscale_are_converted():
+    from ipadapter_core.preprocess import clip_pixels
+
+    rgb = image(2, (1, 64, 48, 3))
+    rgba = torch.cat([rgb, torch.rand(1, 64, 48, 1)], dim=-1)
+    assert torch.equal(clip_pixels(rgba), clip_pixels(rgb))
+    gray = image(3, (1, 64, 48, 1))
+    assert torch.equal(clip_pixels(gray), clip_pixels(gray.expand(1, 64, 48, 3)))
+    gray_alpha = torch.cat([gray, torch.ones_like(gray)], dim=-1)
+    assert torch.equal(clip_pixels(gray_alpha), clip_pixels(gray.expand(1, 64, 48, 3)))
+
+
+class PipelineStub:
+    """diffusers' StableDiffusionPipeline.encode_image reads only these two attributes."""
+
+    def __init__(self, image_encoder):
+        self.image_encoder = image_encoder
+        self.feature_extractor = None
+
+
+@pytest.fixture(scope="module")
+def vit_h(comfy):
+    """A random full-size ViT-H/14 as transformers and as ComfyUI (fp32) hold it, same weights."""
+    import comfy.clip_vision
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    state = random_models.clip_vision_state_dict("vit-h", seed=31)
+    config = CLIPVisionConfig(**random_models.VISION_CONFIGS["vit-h"], image_size=224, patch_size=14, hidden_act="gelu")
+    reference = CLIPVisionModelWithProjection(config).eval()
+    reference.load_state_dict(state)
+    ours = comfy.clip_vision.load_clipvision_from_sd(dict(state))
+    assert ours.dtype == torch.float32
+    return reference, ours
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["base", "plus", "full"])
+def test_image_prompt_matches_diffusers_encode_image(pack, vit_h, kind):
+    """Section 4 of the reference end to end: encoder output, unconditional rule, projection, concat."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from comfyui_ipadapter.ipadapter_core.adapter import IPAdapterModel
+    from comfyui_ipadapter.ipadapter_core.checkpoint import split_adapter_weights
+    from comfyui_ipadapter.ipadapter_core.preprocess import clip_pixels
+    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
+    from comfyui_ipadapter.nodes.load_ipadapter import wrap_adapter
+
+    reference_encoder, clip_vision = vit_h
+    state = random_models.adapter_state_dict(kind, random_models.SD15_LAYER_DIMS[:1], seed=32)
+    adapter = wrap_adapter(IPAdapterModel.from_weights(split_adapter_weights(state)), "adapter")
+    images = image(33, (2, 256, 320, 3))
+    prompt = NODE_CLASS_MAPPINGS["EncodeImagePrompt"]().encode(adapter, clip_vision, images)[0]
+
+    projection = UNet2DConditionModel._convert_ip_adapter_image_proj_to_diffusers(None, state["image_proj"], low_cpu_mem_usage=False)
+    hidden = kind != "base"
+    with torch.no_grad():
+        cond, uncond = StableDiffusionPipeline.encode_image(PipelineStub(reference_encoder), clip_pixels(images), "cpu", 1, output_hidden_states=hidden or None)
+        expected_cond = projection(cond).reshape(1, -1, 768)
+        expected_uncond = projection(uncond).reshape(1, -1, 768)
+    assert prompt.cond.shape == expected_cond.shape == (1, 2 * (4 if kind == "base" else 16 if kind == "plus" else 257), 768)
+    assert relative_error(prompt.cond, expected_cond) < 1e-5
+    assert relative_error(prompt.uncond, expected_uncond) < 1e-5

@@ -1,0 +1,265 @@
+"""The three nodes in a real ComfyUI, on the tiny SD1.5-detected UNet: behaviour that must hold exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import conditioning, predict_noise, relative_error
+from tools.random_models import SD15_LAYER_DIMS, adapter_state_dict, save_adapter
+
+
+@pytest.fixture(scope="module")
+def adapter_folder(pack, tmp_path_factory, tiny_layer_dims):
+    """A models/ipadapter folder registered the way extra_model_paths.yaml would add one."""
+    import folder_paths
+
+    folder = tmp_path_factory.mktemp("ipadapter")
+    save_adapter(adapter_state_dict("base", tiny_layer_dims, seed=21), folder / "tiny_base.safetensors")
+    save_adapter(adapter_state_dict("plus", tiny_layer_dims, seed=22), folder / "tiny_plus.bin")
+    save_adapter(adapter_state_dict("base", tiny_layer_dims, seed=23), folder / "tiny_other.safetensors")
+    save_adapter(adapter_state_dict("base", [(n, d) for n, d in tiny_layer_dims], cross_dim=2048, clip_dim=1280, seed=24), folder / "tiny_sdxl.safetensors")
+    save_adapter(adapter_state_dict("base", SD15_LAYER_DIMS, seed=25), folder / "ip-adapter_sd15.safetensors")
+    folder_paths.add_model_folder_path("ipadapter", str(folder))
+    return folder
+
+
+def node(name):
+    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
+
+    return NODE_CLASS_MAPPINGS[name]()
+
+
+def load(file_name):
+    return node("LoadIPAdapter").load(file_name)[0]
+
+
+def encode(adapter, clip_vision, seed=0, **kwargs):
+    image = torch.rand(1, 96, 128, 3, generator=torch.Generator().manual_seed(seed))
+    return node("EncodeImagePrompt").encode(adapter, clip_vision, image, **kwargs)[0]
+
+
+def apply(model, adapter, prompt, weight=1.0, start_at=0.0, end_at=1.0):
+    return node("ApplyIPAdapter").apply(model, adapter, prompt, weight, start_at, end_at)[0]
+
+
+def evaluate(comfy, model, sigma=4.0):
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    _, cond, uncond, _ = predict_noise(comfy, model, noise, sigma, conditioning(1), conditioning(2), cfg=5.0)
+    return torch.cat([cond, uncond])
+
+
+def sample(comfy, model, steps=3):
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    latent = torch.zeros(1, 4, 8, 8)
+    return comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", conditioning(1), conditioning(2), latent, seed=0, disable_pbar=True)
+
+
+@pytest.fixture(scope="module")
+def base(adapter_folder):
+    return load("tiny_base.safetensors")
+
+
+@pytest.fixture(scope="module")
+def base_prompt(base, small_clip_vision):
+    return encode(base, small_clip_vision)
+
+
+def test_folder_lists_adapter_files(adapter_folder):
+    import folder_paths
+
+    from comfyui_ipadapter.nodes.load_ipadapter import LoadIPAdapter
+
+    assert "tiny_base.safetensors" in folder_paths.get_filename_list("ipadapter")
+    choices = LoadIPAdapter.INPUT_TYPES()["required"]["ipadapter_file"][0]
+    assert {"tiny_base.safetensors", "tiny_plus.bin"} <= set(choices)
+
+
+def test_adapter_changes_the_prediction_and_input_model_is_untouched(comfy, tiny_model, base, base_prompt):
+    options_before = repr(tiny_model.model_options)
+    bare = evaluate(comfy, tiny_model)
+    patched = apply(tiny_model, base, base_prompt)
+    assert repr(tiny_model.model_options) == options_before
+    assert relative_error(evaluate(comfy, patched), bare) > 1e-2
+    assert torch.equal(evaluate(comfy, tiny_model), bare)
+
+
+def test_weight_zero_is_exactly_the_bare_model(comfy, tiny_model, base, base_prompt):
+    assert torch.equal(evaluate(comfy, apply(tiny_model, base, base_prompt, weight=0.0)), evaluate(comfy, tiny_model))
+    assert torch.equal(sample(comfy, apply(tiny_model, base, base_prompt, weight=0.0)), sample(comfy, tiny_model))
+
+
+def test_sigma_outside_start_end_is_exactly_the_bare_model(comfy, tiny_model, base, base_prompt):
+    sampling = tiny_model.get_model_object("model_sampling")
+    sigma = float(sampling.percent_to_sigma(0.5))
+    late = apply(tiny_model, base, base_prompt, start_at=0.7, end_at=1.0)  # active only below sigma(0.7)
+    early = apply(tiny_model, base, base_prompt, start_at=0.0, end_at=0.3)  # active only above sigma(0.3)
+    inside = apply(tiny_model, base, base_prompt, start_at=0.3, end_at=0.7)
+    bare = evaluate(comfy, tiny_model, sigma)
+    assert torch.equal(evaluate(comfy, late, sigma), bare)
+    assert torch.equal(evaluate(comfy, early, sigma), bare)
+    assert torch.equal(evaluate(comfy, inside, sigma), evaluate(comfy, apply(tiny_model, base, base_prompt), sigma))
+
+
+def test_two_adapters_with_weights_w_and_zero_equal_one(comfy, tiny_model, base, base_prompt, small_clip_vision):
+    other = load("tiny_other.safetensors")
+    other_prompt = encode(other, small_clip_vision, seed=1)
+    one = evaluate(comfy, apply(tiny_model, base, base_prompt, weight=0.8))
+    two = evaluate(comfy, apply(apply(tiny_model, base, base_prompt, weight=0.8), other, other_prompt, weight=0.0))
+    assert torch.allclose(two, one, rtol=1e-6, atol=1e-6)
+
+
+def test_applying_twice_adds_two_branches(comfy, tiny_model, base, base_prompt, small_clip_vision):
+    from comfyui_ipadapter.nodes.attention_patch import ImagePromptAttention
+
+    plus = load("tiny_plus.bin")
+    plus_prompt = encode(plus, small_clip_vision, seed=2)
+    both = apply(apply(tiny_model, base, base_prompt), plus, plus_prompt)
+    swapped = apply(apply(tiny_model, plus, plus_prompt), base, base_prompt)
+    patches = both.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert len(patches) == 4 and all(isinstance(p, ImagePromptAttention) and len(p.branches) == 2 for p in patches.values())
+    result = evaluate(comfy, both)
+    assert torch.allclose(result, evaluate(comfy, swapped), rtol=1e-5, atol=1e-5)
+    assert relative_error(result, evaluate(comfy, apply(tiny_model, base, base_prompt))) > 1e-3
+    assert relative_error(result, evaluate(comfy, apply(tiny_model, plus, plus_prompt))) > 1e-3
+    assert len(both.get_additional_models_with_key("ipadapter")) == 2
+
+
+def test_patches_are_shared_not_copied_by_clone(tiny_model, base, base_prompt):
+    patched = apply(tiny_model, base, base_prompt)
+    clone = patched.clone()
+    key = ("input", 1, 0)
+    replace = lambda m: m.model_options["transformer_options"]["patches_replace"]["attn2"]  # noqa: E731
+    assert replace(clone)[key] is replace(patched)[key]
+    assert replace(clone)[key].branches[0].adapter is base.model
+
+
+def test_caches_are_released_after_sampling(comfy, tiny_model, base, base_prompt):
+    patched = apply(tiny_model, base, base_prompt, start_at=0.1)
+    first = sample(comfy, patched)
+    patches = patched.model_options["transformer_options"]["patches_replace"]["attn2"].values()
+    assert all(not p.cache for p in patches)
+    assert all(p.branches[0].gate_cache == [None, None] for p in patches)
+    assert torch.equal(sample(comfy, patched), first)
+
+
+def test_calls_the_patch_another_pack_registered(comfy, tiny_model, base, base_prompt):
+    """A foreign attn2 patch (here: scales the text attention) keeps working under ours."""
+    import comfy.ldm.modules.attention as attention
+
+    calls = []
+
+    def foreign(q, k, v, extra_options):
+        calls.append(extra_options["block"])
+        return attention.optimized_attention(q, k, v, extra_options["n_heads"]) * 0.5
+
+    other_pack = tiny_model.clone()
+    other_pack.set_model_attn2_replace(foreign, "input", 1)  # block-level key, as some packs register
+    other_pack.set_model_attn2_replace(foreign, "middle", 0, 0)
+    expected_foreign_only = evaluate(comfy, other_pack)
+    calls.clear()
+    combined = apply(other_pack, base, base_prompt)
+    result = evaluate(comfy, combined)
+    assert sorted(set(calls)) == [("input", 1), ("middle", 0)]
+    assert relative_error(result, expected_foreign_only) > 1e-3
+    # With weight 0 the foreign patch's own result comes back exactly.
+    assert torch.equal(evaluate(comfy, apply(other_pack, base, base_prompt, weight=0.0)), expected_foreign_only)
+
+
+def test_encoder_tokens_and_negative_image(base, plus_prompt_inputs):
+    adapter, clip_vision = plus_prompt_inputs
+    prompt = encode(adapter, clip_vision, seed=3)
+    assert prompt.cond.shape == (1, 16, 768) and prompt.uncond.shape == (1, 16, 768)
+    two = node("EncodeImagePrompt").encode(adapter, clip_vision, torch.rand(2, 64, 64, 3))[0]
+    assert two.cond.shape == (1, 32, 768)
+    negative = encode(adapter, clip_vision, seed=3, negative_image=torch.rand(1, 64, 64, 3))
+    assert torch.equal(negative.cond, prompt.cond) and not torch.allclose(negative.uncond, prompt.uncond)
+
+
+@pytest.fixture(scope="module")
+def plus_prompt_inputs(adapter_folder, small_clip_vision):
+    return load("tiny_plus.bin"), small_clip_vision
+
+
+# --- errors, all raised before sampling, each naming the fix --------------------------------------
+
+
+def test_sdxl_adapter_on_sd15_model(tiny_model, small_clip_vision, adapter_folder):
+    from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
+    from comfyui_ipadapter.ipadapter_core.image_prompt import ImagePrompt
+
+    sdxl = load("tiny_sdxl.safetensors")
+    prompt = ImagePrompt(torch.zeros(1, 4, 2048), torch.zeros(1, 4, 2048), sdxl.model.identity, "")
+    with pytest.raises(IPAdapterError, match="Wrong IP-Adapter for the model: this model is SD1.5 but this is an SDXL IP-Adapter.*Load an IP-Adapter made for SD1.5"):
+        apply(tiny_model, sdxl, prompt)
+
+
+def test_adapter_for_other_layout(tiny_model, adapter_folder):
+    from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
+    from comfyui_ipadapter.ipadapter_core.image_prompt import ImagePrompt
+
+    full_size = load("ip-adapter_sd15.safetensors")
+    prompt = ImagePrompt(torch.zeros(1, 4, 768), torch.zeros(1, 4, 768), full_size.model.identity, "")
+    with pytest.raises(IPAdapterError, match="16 layers do not line up with the 4 cross-attention layers"):
+        apply(tiny_model, full_size, prompt)
+
+
+def test_prompt_from_another_adapter(tiny_model, base, adapter_folder, small_clip_vision):
+    from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
+
+    other = load("tiny_other.safetensors")
+    with pytest.raises(IPAdapterError, match="encoded by a different IP-Adapter.*same Load IP-Adapter node"):
+        apply(tiny_model, base, encode(other, small_clip_vision))
+
+
+@pytest.mark.parametrize("kind, layers, message", [
+    ("vit-l", 2, "needs CLIP ViT-H/14 .*but CLIP ViT-L/14 gives width 768.*CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"),
+    ("vit-bigg", 2, "needs CLIP ViT-H/14 .*but CLIP ViT-bigG/14 gives width 1280"),
+])
+def test_wrong_encoder(comfy, base, kind, layers, message, tmp_path):
+    from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
+    from tools.random_models import comfy_clip_vision
+
+    with pytest.raises(IPAdapterError, match=message):
+        encode(base, comfy_clip_vision(kind, num_layers=layers, tmp_dir=tmp_path))
+
+
+def test_wrong_encoder_for_plus(comfy, plus_prompt_inputs, tmp_path):
+    from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
+    from tools.random_models import comfy_clip_vision
+
+    adapter, _ = plus_prompt_inputs
+    with pytest.raises(IPAdapterError, match="needs CLIP ViT-H/14 \\(penultimate_hidden_states width 1280\\).*gives width 1664"):
+        encode(adapter, comfy_clip_vision("vit-bigg", num_layers=2, tmp_dir=tmp_path))
+
+
+@pytest.mark.parametrize("start_at, end_at, weight, message", [
+    (0.6, 0.4, 1.0, "start_at \\(0.6\\) is after end_at \\(0.4\\)"),
+    (0.0, 1.0, 7.0, "weight is 7.0; it must be between -1.0 and 5.0"),
+    (-0.1, 1.0, 1.0, "start_at is -0.1"),
+])
+def test_bad_apply_inputs(tiny_model, base, base_prompt, start_at, end_at, weight, message):
+    from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
+
+    with pytest.raises(IPAdapterError, match=message):
+        apply(tiny_model, base, base_prompt, weight, start_at, end_at)
+
+
+@pytest.mark.parametrize("image, message", [
+    (torch.rand(64, 64, 3), "must be an IMAGE batch"),
+    (torch.rand(1, 64, 64, 5), "has 5 channels"),
+    (torch.full((1, 8, 8, 3), float("nan")), "NaN"),
+    (torch.rand(0, 64, 64, 3), "is empty"),
+])
+def test_bad_images(base, small_clip_vision, image, message):
+    from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
+
+    with pytest.raises(IPAdapterError, match=message):
+        node("EncodeImagePrompt").encode(base, small_clip_vision, image)
+
+
+def test_negative_image_count_must_fit(base, small_clip_vision):
+    from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
+
+    with pytest.raises(IPAdapterError, match="negative_image has 2 images but image has 3"):
+        node("EncodeImagePrompt").encode(base, small_clip_vision, torch.rand(3, 32, 32, 3), negative_image=torch.rand(2, 32, 32, 3))
