@@ -182,3 +182,30 @@ def comfy_clip_vision(kind: str = "vit-h", seed: int = 0, num_layers: int | None
     clip = comfy.clip_vision.ClipVisionModel(str(path))
     randomize_(clip.model, seed)
     return clip
+
+
+def tiny_controlnet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A ControlNet for the tiny UNet in the original `control_model.*` layout ControlNetLoader reads."""
+    import comfy.cldm.cldm
+    import comfy.ops
+
+    config = {k: v for k, v in TINY_UNET_CONFIG.items() if k not in ("out_channels", "transformer_depth_output", "legacy")}
+    control = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, operations=comfy.ops.disable_weight_init)
+    return {f"control_model.{k}": v for k, v in randomize_(control, seed).state_dict().items()}
+
+
+def lora_state_dict(model_patcher, rank: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A kohya-format LoRA touching every linear layer of the UNet's transformer blocks."""
+    import comfy.lora
+
+    r = Randn(seed)
+    weights = model_patcher.model.state_dict()
+    lora = {}
+    for lora_key, weight_key in comfy.lora.model_lora_keys_unet(model_patcher.model, {}).items():
+        if not lora_key.startswith("lora_unet_") or "transformer_blocks" not in lora_key or weights[weight_key].ndim != 2:
+            continue
+        out_dim, in_dim = weights[weight_key].shape
+        lora[f"{lora_key}.lora_down.weight"] = r(rank, in_dim, scale=1 / math.sqrt(in_dim))
+        lora[f"{lora_key}.lora_up.weight"] = r(out_dim, rank, scale=1 / math.sqrt(rank))
+        lora[f"{lora_key}.alpha"] = torch.tensor(float(rank))
+    return lora
