@@ -54,10 +54,14 @@ class ImageKeysValues:
     """The image keys/values of every adapter on one layer, laid out for one batch.
 
     Built once per layer and batch layout (per sampling run), then applied at every step.
+    Keys and values have G rows for a batch of B queries, G dividing B: each row serves B/G
+    consecutive samples. Samples that share image tokens (all conditional latents of a batch)
+    are folded into the sequence axis, so a batch of latents costs no extra key/value memory.
     """
 
     def __init__(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], heads: int):
         self.heads = heads
+        self.rows = keys[0].shape[0]
         self.token_counts = tuple(k.shape[1] for k in keys)
         self.fused = heads * sum(self.token_counts) <= FUSED_COLUMN_LIMIT
         if self.fused:
@@ -82,20 +86,25 @@ class ImageKeysValues:
     ) -> torch.Tensor:
         """text_out + Σ_a mask_a · Attn(q, K_a, scale_a · V_a).
 
-        value_scale: (B, adapters) per-sample factors applied on top of the folded weights
-        (step gating, per-frame weights); masks: per adapter, None or (B, L, 1) over the queries.
+        value_scale: (G, adapters) factors applied on top of the folded weights (step gating);
+        masks: per adapter, None or (B, L, 1) over the queries.
         """
+        shape = q.shape
+        groups = self.rows
+        q, text_out = q.reshape(groups, -1, shape[-1]), text_out.reshape(groups, -1, shape[-1])
+        if masks is not None:
+            masks = [None if m is None else m.reshape(groups, -1, 1) for m in masks]
         if self.fused:
-            return self.add_fused(text_out, q, value_scale, masks)
+            return self.add_fused(text_out, q, value_scale, masks).reshape(shape)
         out = text_out
         for a, (k, v) in enumerate(zip(self.keys, self.values)):
             if value_scale is not None:
-                v = v * value_scale[:, a, None, None]
+                v = v * value_scale[:, a, None, None].to(v.dtype)
             branch = attention(q, k, v, self.heads)
             if masks is not None and masks[a] is not None:
                 branch = branch * masks[a]
             out = out + branch
-        return out
+        return out.reshape(shape)
 
     def add_fused(self, text_out, q, value_scale, masks):
         b, length, _ = q.shape

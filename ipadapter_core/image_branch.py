@@ -28,12 +28,13 @@ class ImageBranch:
     gate_cache: list = field(default_factory=lambda: [None, None], repr=False)
 
     def keys_values(
-        self, layer: CrossAttentionLayer, kinds: Sequence[int], chunk: int, device: torch.device, dtype: torch.dtype
+        self, layer: CrossAttentionLayer, layout: Sequence[tuple[int, int]], device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image keys and (weighted) values for a batch of `len(kinds)` chunks of `chunk` samples.
+        """Image keys and (weighted) values, one row per entry of `layout`.
 
-        kinds[j] is 0 when chunk j is a conditional pass and 1 when unconditional. Computed in
-        fp32 from the adapter's stored weights, then cast once to the model's compute dtype.
+        layout entries are (kind, latent index): kind 0 for a conditional pass, 1 for an
+        unconditional one. Computed in fp32 from the adapter's stored weights, then cast once
+        to the model's compute dtype.
         """
         projection = self.adapter.layer(layer.processor_index)
         tokens = torch.cat([self.prompt.cond, self.prompt.uncond]).to(device, torch.float32)
@@ -41,8 +42,13 @@ class ImageBranch:
         scale = self.weight * self.layer_weights.get(layer.key, 1.0)
         values = (tokens @ projection.to_v_ip.weight.to(device, torch.float32).T) * scale
         rows = self.prompt.rows
-        index = torch.tensor([kind * rows + min(i, rows - 1) for kind in kinds for i in range(chunk)], device=device)
+        index = torch.tensor([kind * rows + min(i, rows - 1) for kind, i in layout], device=device)
         return keys[index].to(dtype), values[index].to(dtype)
+
+    @property
+    def per_latent(self) -> bool:
+        """Whether latents of one pass see different tokens (one prompt row per latent)."""
+        return self.prompt.rows > 1
 
     def gate(self, sigmas: torch.Tensor) -> torch.Tensor:
         """Per sample: 1 where this step's sigma lies in the active range, else 0; no host sync.

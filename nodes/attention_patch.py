@@ -46,15 +46,24 @@ class ImagePromptAttention:
 
         out = self.previous(q, k, v, extra_options) if self.previous is not None else attention(q, k, v, heads)
         kinds = tuple(extra_options.get("cond_or_uncond") or (0,))
-        key = (q.device, q.dtype, kinds, q.shape[0] // len(kinds))
+        chunk = q.shape[0] // len(kinds)
+        key = (q.device, q.dtype, kinds, chunk)
         image_kv = self.cache.get(key)
         if image_kv is None:
-            image_kv = self.cache[key] = self.build(kinds, q.shape[0] // len(kinds), q.device, q.dtype)
-        scale = torch.stack([branch.gate(extra_options["sigmas"]) for branch in self.branches], dim=1) if self.gated else None
+            image_kv = self.cache[key] = self.build(kinds, chunk, q.device, q.dtype)
+        scale = None
+        if self.gated:  # one row per key/value row: the first sample of each group it serves
+            step = q.shape[0] // image_kv.rows
+            scale = torch.stack([branch.gate(extra_options["sigmas"])[::step] for branch in self.branches], dim=1)
         return image_kv.add_to(out, q, attention=attention, value_scale=scale)
 
     def build(self, kinds, chunk, device, dtype) -> ImageKeysValues:
-        pairs = [branch.keys_values(self.layer, kinds, chunk, device, dtype) for branch in self.branches]
+        """Keys/values per pass (cond/uncond), or per latent when some prompt differs across latents."""
+        if any(branch.per_latent for branch in self.branches):
+            layout = [(kind, i) for kind in kinds for i in range(chunk)]
+        else:
+            layout = [(kind, 0) for kind in kinds]
+        pairs = [branch.keys_values(self.layer, layout, device, dtype) for branch in self.branches]
         return ImageKeysValues([k for k, _ in pairs], [v for _, v in pairs], self.layer.heads)
 
     def release(self) -> None:

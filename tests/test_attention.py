@@ -87,3 +87,20 @@ def test_gradients_flow_to_keys_and_values():
     ImageKeysValues([k], [v], heads=8).add_to(text, q).sum().backward()
     assert k.grad is not None and k.grad.abs().sum() > 0
     assert v.grad is not None and v.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("tokens", [(4, 16), (257,)])
+def test_shared_rows_equal_per_sample_rows(tokens):
+    """Keys/values with one row per pass give what one row per sample gives (batch of 3 latents, CFG)."""
+    q, text, ks, vs = tensors(8, batch=6, tokens=tokens)
+    shared_k = [k[[0, 3]] for k in ks]  # rows for the cond pass (samples 0-2) and the uncond pass (3-5)
+    shared_v = [v[[0, 3]] for v in vs]
+    per_sample = ImageKeysValues([k.repeat_interleave(3, 0) for k in shared_k], [v.repeat_interleave(3, 0) for v in shared_v], heads=8)
+    shared = ImageKeysValues(shared_k, shared_v, heads=8)
+    assert shared.rows == 2 and per_sample.rows == 6
+    mask = torch.rand(6, 64, 1, dtype=torch.float64)
+    masks = [mask] + [None] * (len(tokens) - 1)
+    expected = per_sample.add_to(text, q, masks=masks)
+    assert torch.allclose(shared.add_to(text, q, masks=masks), expected, atol=1e-10)
+    expected_scaled = per_sample.add_to(text, q, value_scale=torch.tensor([[0.5] * len(tokens)] * 3 + [[2.0] * len(tokens)] * 3, dtype=torch.float64))
+    assert torch.allclose(shared.add_to(text, q, value_scale=torch.tensor([[0.5] * len(tokens), [2.0] * len(tokens)], dtype=torch.float64)), expected_scaled, atol=1e-10)

@@ -263,3 +263,16 @@ def test_negative_image_count_must_fit(base, small_clip_vision):
 
     with pytest.raises(IPAdapterError, match="negative_image has 2 images but image has 3"):
         node("EncodeImagePrompt").encode(base, small_clip_vision, torch.rand(3, 32, 32, 3), negative_image=torch.rand(2, 32, 32, 3))
+
+
+def test_latent_batch_and_cfg_one(comfy, tiny_model, base, base_prompt):
+    """Every latent of a batch gets the prompt; with CFG 1 ComfyUI skips the unconditional pass."""
+    patched = apply(tiny_model, base, base_prompt)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    _, batch_cond, batch_uncond, _ = predict_noise(comfy, patched, noise, 4.0, conditioning(1), conditioning(2))
+    for i in range(2):
+        _, cond, uncond, _ = predict_noise(comfy, patched, noise[i : i + 1], 4.0, conditioning(1), conditioning(2))
+        assert torch.allclose(batch_cond[i : i + 1], cond, rtol=1e-5, atol=1e-5)
+        assert torch.allclose(batch_uncond[i : i + 1], uncond, rtol=1e-5, atol=1e-5)
+    _, cfg_one, _, _ = predict_noise(comfy, patched, noise[:1], 4.0, conditioning(1), conditioning(2), cfg=1.0)
+    assert torch.allclose(cfg_one, batch_cond[:1], rtol=1e-5, atol=1e-5)

@@ -34,14 +34,17 @@ def comfyui_path() -> Path:
     return target
 
 
-def import_comfy(force_fp32: bool = True):
-    """Import ComfyUI in-process on the CPU. fp32 everywhere so results compare to a reference."""
+def import_comfy(force_fp32: bool = True, cpu: bool = True):
+    """Import ComfyUI in-process, by default on the CPU in fp32 so results compare to a reference.
+
+    Benchmarks on a GPU pass cpu=False, force_fp32=False to get ComfyUI's normal device choices.
+    """
     path = str(comfyui_path())
     if path not in sys.path:
         sys.path.insert(0, path)
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     if force_fp32:
         comfy.cli_args.args.fp32_text_enc = True
         comfy.cli_args.args.force_fp32 = True
@@ -53,10 +56,14 @@ def import_comfy(force_fp32: bool = True):
 
 
 def import_pack():
-    """Import this repository as a ComfyUI custom node package (relative imports need a package)."""
+    """Import this repository as a ComfyUI custom node package (relative imports need a package).
+
+    Imports ComfyUI with the defaults first unless the caller already imported it.
+    """
     if PACK_MODULE in sys.modules:
         return sys.modules[PACK_MODULE]
-    import_comfy()
+    if "comfy.model_management" not in sys.modules:
+        import_comfy()
     spec = importlib.util.spec_from_file_location(PACK_MODULE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE] = module

@@ -1,0 +1,1 @@
+"""Benchmark scripts (run as modules from the repository root): numbers go to benchmarks/results/."""
