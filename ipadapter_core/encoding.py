@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .adapter import IPAdapterModel
 from .errors import IPAdapterError
 from .image_prompt import ImagePrompt
-from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels
+from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, square_tiles
 from .variants import ENCODERS, IMAGE_EMBEDS, AdapterSpec
 
 # pixels (B, 3, S, S), normalised -> the encoder output the adapter reads (B, width) or (B, tokens, width)
 Encoder = Callable[[torch.Tensor], torch.Tensor]
+COMBINE_METHODS = ("concat", "average", "norm average", "add", "subtract")
+CROP_MODES = ("center", "squash", "tiles")
 
 
 def check_encoder(spec: AdapterSpec, embeds_width: int, hidden_width: int) -> None:
@@ -29,6 +31,43 @@ def check_encoder(spec: AdapterSpec, embeds_width: int, hidden_width: int) -> No
     )
 
 
+def combine_features(features: torch.Tensor, method: str, weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Merge several references' encoder outputs into one before projection (concat keeps them all).
+
+    Weighted: average uses Σ w_i f_i / Σ w_i, add Σ w_i f_i, subtract w_0 f_0 minus the
+    average of the others' w_i f_i, norm average averages unit-length embeddings.
+    """
+    if method == "concat":
+        return features
+    w = torch.tensor(weights if weights is not None else [1.0] * features.shape[0], dtype=features.dtype, device=features.device)
+    w = w.view(-1, *([1] * (features.ndim - 1)))
+    if method == "average":
+        return (features * w).sum(0, keepdim=True) / w.sum()
+    if method == "norm average":
+        unit = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return (unit * w).sum(0, keepdim=True) / w.sum()
+    if method == "add":
+        return (features * w).sum(0, keepdim=True)
+    if method == "subtract":
+        weighted = features * w
+        rest = weighted[1:].mean(0, keepdim=True) if features.shape[0] > 1 else torch.zeros_like(weighted[:1])
+        return weighted[:1] - rest
+    raise IPAdapterError(f"Unknown combine method {method!r}; choose one of {', '.join(COMBINE_METHODS)}.")
+
+
+def parse_weights(text: str, count: int) -> tuple[float, ...] | None:
+    """'1, 0.5' -> one weight per reference; empty means all 1. Too few are padded with the last."""
+    if not text.strip():
+        return None
+    try:
+        values = [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
+    except ValueError as error:
+        raise IPAdapterError(f"image_weights must be numbers separated by commas, like '1, 0.5'; got {text!r}.") from error
+    if len(values) > count:
+        raise IPAdapterError(f"image_weights has {len(values)} values for {count} reference images; give at most one per image.")
+    return tuple(values + [values[-1]] * (count - len(values)))
+
+
 def encode_image_prompt(
     adapter: IPAdapterModel,
     images: torch.Tensor,
@@ -37,19 +76,36 @@ def encode_image_prompt(
     size: int = 224,
     mean: tuple[float, ...] = CLIP_MEAN,
     std: tuple[float, ...] = CLIP_STD,
+    combine: str = "concat",
+    weights: Sequence[float] | None = None,
+    crop: str = "center",
 ) -> ImagePrompt:
-    """Project every reference image and concatenate their tokens into one prompt (as diffusers does).
+    """Project the reference images; by default their tokens are later concatenated (as diffusers does).
 
     Unconditional tokens: the projection of zero embeddings for pooled-embedding adapters, the
     projection of the encoder's output for an all-zero pixel tensor for hidden-state adapters,
-    or the projection of the user's negative image.
+    or the projection of the user's negative image(s), combined the same way.
+    crop: "center" crops to a square as the reference does, "squash" resizes without cropping,
+    "tiles" encodes square tiles covering wide or tall images, each as a reference.
     """
     spec = adapter.spec
-    features = encode(clip_pixels(images, size, mean, std))
+    if crop not in CROP_MODES:
+        raise IPAdapterError(f"Unknown crop mode {crop!r}; choose one of {', '.join(CROP_MODES)}.")
+
+    def pixels(batch: torch.Tensor) -> torch.Tensor:
+        if crop == "tiles":
+            batch = square_tiles(batch)
+        return clip_pixels(batch, size, mean, std, crop=crop != "squash")
+
+    features = encode(pixels(images))
     check_feature_width(spec, features)
     count = features.shape[0]
+    if weights is not None:
+        if len(weights) != images.shape[0]:
+            raise IPAdapterError(f"{len(weights)} image weights for {images.shape[0]} reference images; give one per image.")
+        weights = [w for w in weights for _ in range(count // images.shape[0])]  # each tile keeps its image's weight
     if negative_images is not None:
-        negative = encode(clip_pixels(negative_images, size, mean, std))
+        negative = encode(pixels(negative_images).to(features.device))
         if negative.shape[0] not in (1, count):
             raise IPAdapterError(
                 f"negative_image has {negative.shape[0]} images but image has {count}; give one negative image "
@@ -59,15 +115,15 @@ def encode_image_prompt(
     elif spec.encoder_output == IMAGE_EMBEDS:
         negative = torch.zeros_like(features)
     else:
-        zero_pixels = torch.zeros(1, 3, size, size, device=features.device)
-        negative = encode(zero_pixels).expand(count, *features.shape[1:])
-    cond = adapter.project(features).cpu()
-    uncond = adapter.project(negative).cpu()
+        negative = encode(torch.zeros(1, 3, size, size, device=features.device)).expand(count, *features.shape[1:])
+    cond = adapter.project(combine_features(features, combine, weights)).cpu()
+    uncond = adapter.project(combine_features(negative, combine, weights)).cpu()
     return ImagePrompt(
-        cond=cond.reshape(1, -1, cond.shape[-1]),
-        uncond=uncond.reshape(1, -1, uncond.shape[-1]),
+        cond=cond,
+        uncond=uncond,
         adapter_identity=adapter.identity,
         adapter_description=spec.description,
+        reference_weights=tuple(weights) if weights is not None and combine == "concat" else None,
     )
 
 

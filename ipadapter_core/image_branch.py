@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .adapter import IPAdapterModel
-from .image_prompt import ImagePrompt
+from .errors import IPAdapterError
 from .layer_map import CrossAttentionLayer, LayerKey
+
+SCALING_MODES = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+PENALTY_WIDTH = 1280  # "C penalty": the weight is scaled by inner_dim / 1280, gentler on narrow layers
 
 
 @dataclass(eq=False)
 class ImageBranch:
     """Immutable once built; shared by every layer it patches and by every clone of the model.
 
+    cond / uncond: (rows, tokens, width) image tokens; one row serves every latent, several
+    rows map row i to latent i (the last row repeats). token_scale: (rows, tokens) factors on
+    the values (per-reference weights), or None.
     sigma_range: the branch is active while sigma_end <= sigma <= sigma_start; None means always.
-    layer_weights: an extra factor per layer (absent layers get 1.0).
+    layer_weights: factor per layer; layers absent from it are not patched at all.
+    latent_weights: an extra factor per latent (animation schedules), the last repeating.
+    mask: (masks, height, width) in [0, 1] over the image; where it is 0 the branch does nothing.
+    scaling: how the weight enters the attention (SCALING_MODES).
     """
 
     adapter: IPAdapterModel
-    prompt: ImagePrompt
+    cond: torch.Tensor
+    uncond: torch.Tensor
     weight: float
+    token_scale: torch.Tensor | None = None
     sigma_range: tuple[float, float] | None = None
-    layer_weights: Mapping[LayerKey, float] = field(default_factory=dict)
+    layer_weights: Mapping[LayerKey, float] | None = None
+    latent_weights: Sequence[float] | None = None
+    mask: torch.Tensor | None = None
+    scaling: str = "V only"
     gate_cache: list = field(default_factory=lambda: [None, None], repr=False)
+
+    def factor(self, layer: CrossAttentionLayer) -> float:
+        return self.weight * (1.0 if self.layer_weights is None else self.layer_weights.get(layer.key, 0.0))
+
+    def patches(self, layer: CrossAttentionLayer) -> bool:
+        """Layers a weight type switches off are left unpatched: no cost there at all."""
+        return self.layer_weights is None or self.layer_weights.get(layer.key, 0.0) != 0.0
 
     def keys_values(
         self, layer: CrossAttentionLayer, layout: Sequence[tuple[int, int]], device: torch.device, dtype: torch.dtype
@@ -37,18 +60,52 @@ class ImageBranch:
         to the model's compute dtype.
         """
         projection = self.adapter.layer(layer.processor_index)
-        tokens = torch.cat([self.prompt.cond, self.prompt.uncond]).to(device, torch.float32)
+        tokens = torch.cat([self.cond, self.uncond]).to(device, torch.float32)
         keys = tokens @ projection.to_k_ip.weight.to(device, torch.float32).T
-        scale = self.weight * self.layer_weights.get(layer.key, 1.0)
-        values = (tokens @ projection.to_v_ip.weight.to(device, torch.float32).T) * scale
-        rows = self.prompt.rows
+        values = tokens @ projection.to_v_ip.weight.to(device, torch.float32).T
+        if self.token_scale is not None:
+            values = values * torch.cat([self.token_scale, self.token_scale]).to(device)[..., None]
+        keys, values = scale_keys_values(keys, values, self.factor(layer), self.scaling, layer.inner_dim)
+        rows = self.cond.shape[0]
         index = torch.tensor([kind * rows + min(i, rows - 1) for kind, i in layout], device=device)
-        return keys[index].to(dtype), values[index].to(dtype)
+        keys, values = keys[index], values[index]
+        if self.latent_weights is not None:
+            per_row = [self.latent_weights[min(i, len(self.latent_weights) - 1)] for _, i in layout]
+            values = values * torch.tensor(per_row, device=device)[:, None, None]
+        return keys.to(dtype), values.to(dtype)
 
     @property
     def per_latent(self) -> bool:
-        """Whether latents of one pass see different tokens (one prompt row per latent)."""
-        return self.prompt.rows > 1
+        """Whether latents of one pass see different tokens or weights (one key/value row per latent)."""
+        return self.cond.shape[0] > 1 or self.latent_weights is not None
+
+    def query_mask(self, length: int, latent_size: Sequence[int], kinds: Sequence[int], chunk: int, device, dtype) -> torch.Tensor | None:
+        """The mask at this layer's token grid, (batch, length, 1) in the sampler's batch order."""
+        if self.mask is None:
+            return None
+        height, width = latent_size
+        for factor in (1, 2, 4, 8, 16, 32, 64):
+            grid = (math.ceil(height / factor), math.ceil(width / factor))
+            if grid[0] * grid[1] == length:
+                break
+        else:
+            raise IPAdapterError(f"Cannot place the attention mask on a layer of {length} tokens for a {height}x{width} latent.")
+        resized = F.interpolate(self.mask[:, None].float(), size=grid, mode="bilinear", align_corners=False).reshape(-1, length)
+        per_latent = resized[[min(i, resized.shape[0] - 1) for i in range(chunk)]]
+        return per_latent.repeat(len(kinds), 1)[..., None].to(device, dtype)
+
+    def check_batch(self, latents: int) -> None:
+        """Raised before the first step: per-latent inputs must fit the latent batch."""
+        rows = self.cond.shape[0]
+        if rows > latents:
+            raise IPAdapterError(
+                f"unfold_batch maps reference i to latent i, but there are {rows} references for {latents} latents. "
+                "Use a latent batch at least as large as the number of references, or turn unfold_batch off."
+            )
+        if self.mask is not None and self.mask.shape[0] not in (1, latents):
+            raise IPAdapterError(
+                f"attn_mask has {self.mask.shape[0]} masks for a batch of {latents} latents; give one mask, or one per latent."
+            )
 
     def gate(self, sigmas: torch.Tensor) -> torch.Tensor:
         """Per sample: 1 where this step's sigma lies in the active range, else 0; no host sync.
@@ -68,3 +125,18 @@ class ImageBranch:
     @property
     def gated(self) -> bool:
         return self.sigma_range is not None
+
+
+def scale_keys_values(keys: torch.Tensor, values: torch.Tensor, weight: float, mode: str, inner_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the weight enters: V only is the paper's λ; the others also sharpen or flatten the
+    image attention (K) and, with the C penalty, scale the weight by the layer's width / 1280."""
+    if mode == "V only":
+        return keys, values * weight
+    if mode.endswith("w/ C penalty"):
+        weight = weight * inner_dim / PENALTY_WIDTH
+    if mode in ("K+V", "K+V w/ C penalty"):
+        return keys * weight, values * weight
+    if mode == "K+mean(V) w/ C penalty":
+        mean = values.mean(dim=1, keepdim=True)
+        return keys * weight, values - mean + mean * weight
+    raise IPAdapterError(f"Unknown embeds_scaling {mode!r}; choose one of {', '.join(SCALING_MODES)}.")

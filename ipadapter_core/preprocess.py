@@ -59,3 +59,21 @@ def clip_pixels(
     mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
     return (pixels - mean_t) / std_t
+
+
+def square_tiles(image: torch.Tensor) -> torch.Tensor:
+    """Cover each image with square tiles along its long side, so nothing is cropped away.
+
+    A 2:1 image gives 2 tiles, a 2.5:1 image 3 evenly spaced overlapping ones; a square
+    image gives itself. Tiles of all images are returned as one batch, in order.
+    """
+    image = to_rgb(image)
+    height, width = image.shape[1:3]
+    side = min(height, width)
+    count = -(-max(height, width) // side)
+    starts = [round(i * (max(height, width) - side) / max(count - 1, 1)) for i in range(count)]
+    if height >= width:
+        tiles = [image[:, start : start + side] for start in starts]
+    else:
+        tiles = [image[:, :, start : start + side] for start in starts]
+    return torch.stack(tiles, dim=1).reshape(-1, side, side, 3)

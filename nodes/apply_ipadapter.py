@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from comfy.model_patcher import ModelPatcher
 
 from ..ipadapter_core.errors import IPAdapterError
-from ..ipadapter_core.image_branch import ImageBranch
+from ..ipadapter_core.image_branch import SCALING_MODES, ImageBranch
 from ..ipadapter_core.layer_map import cross_attention_layers, match_adapter
+from ..ipadapter_core.layer_weights import WEIGHT_TYPES, apply_layer_spec, composition_factors, layer_factors
 from .attention_patch import install_branch
 
 ADDITIONAL_MODELS_KEY = "ipadapter"
@@ -14,7 +16,7 @@ ADDITIONAL_MODELS_KEY = "ipadapter"
 
 class ApplyIPAdapter:
     DESCRIPTION = (
-        "Adds the image prompt to every cross-attention layer of the model (decoupled cross-attention). "
+        "Adds the image prompt to the model's cross-attention layers (decoupled cross-attention). "
         "Chain several to combine adapters; ControlNet and LoRA nodes compose with it."
     )
     CATEGORY = "ipadapter"
@@ -33,29 +35,87 @@ class ApplyIPAdapter:
                 "weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05, "tooltip": "Strength of the image prompt (λ). 0 leaves the model unchanged."}),
                 "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of the sampling schedule where the image prompt starts acting."}),
                 "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of the sampling schedule where it stops."}),
-            }
+            },
+            "optional": {
+                "weight_type": (list(WEIGHT_TYPES), {"default": "linear", "tooltip": "How the weight is spread over the UNet's layers. linear: the same everywhere. style transfer / composition: only the InstantStyle layers."}),
+                "embeds_scaling": (list(SCALING_MODES), {"default": "V only", "tooltip": "Where the weight enters the attention. V only is the paper's formula."}),
+                "attn_mask": ("MASK", {"tooltip": "The image prompt acts only where the mask is 1 (resized to every layer). One mask, or one per latent."}),
+                "unfold_batch": ("BOOLEAN", {"default": False, "tooltip": "Reference i goes to latent i (the last repeats) instead of all references to every latent."}),
+                "weight_schedule": ("IPADAPTER_WEIGHTS", {"tooltip": "Per-latent factors on the weight (animation), the last repeating."}),
+                "composition_image_prompt": ("IMAGE_PROMPT", {"tooltip": "With weight_type 'style and composition': the prompt for the composition layers (default: image_prompt)."}),
+                "composition_weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05, "tooltip": "With 'style and composition': the weight of the composition layers."}),
+                "layer_weights": ("STRING", {"default": "", "tooltip": "Power users: per-layer factors applied after weight_type, e.g. 'all:0, style:1, output 4:0.5, middle 0.3:0'."}),
+            },
         }
 
-    def apply(self, model: ModelPatcher, ipadapter, image_prompt, weight: float, start_at: float, end_at: float):
-        branch = ImageBranch(
-            adapter=ipadapter.model,
-            prompt=image_prompt,
-            weight=check_range("weight", weight, -1.0, 5.0),
+    def apply(
+        self,
+        model: ModelPatcher,
+        ipadapter,
+        image_prompt,
+        weight: float,
+        start_at: float,
+        end_at: float,
+        weight_type: str = "linear",
+        embeds_scaling: str = "V only",
+        attn_mask: torch.Tensor | None = None,
+        unfold_batch: bool = False,
+        weight_schedule=None,
+        composition_image_prompt=None,
+        composition_weight: float = 1.0,
+        layer_weights: str = "",
+    ):
+        layers = match_adapter(cross_attention_layers(model.get_model_object("diffusion_model")), ipadapter.model.spec)
+        if composition_image_prompt is not None and weight_type != "style and composition":
+            raise IPAdapterError("composition_image_prompt is used only with weight_type 'style and composition'; pick that weight type or disconnect it.")
+        factors = None
+        if weight_type != "linear" or layer_weights.strip():
+            factors = apply_layer_spec(layer_factors(layers, weight_type), layers, layer_weights)
+        common = dict(
             sigma_range=sigma_range(model, start_at, end_at),
+            latent_weights=tuple(weight_schedule) if weight_schedule is not None else None,
+            mask=prepare_mask(attn_mask),
+            scaling=embeds_scaling,
+            unfold=unfold_batch,
         )
-        return (patch_model(model, ipadapter, branch),)
+        branches = [make_branch(ipadapter, image_prompt, check_range("weight", weight, -1.0, 5.0), factors, **common)]
+        if weight_type == "style and composition":
+            prompt = composition_image_prompt if composition_image_prompt is not None else image_prompt
+            weight_c = check_range("composition_weight", composition_weight, -1.0, 5.0)
+            branches.append(make_branch(ipadapter, prompt, weight_c, composition_factors(layers), **common))
+        patched = model.clone()
+        for branch in branches:
+            install_branch(patched, layers, branch)
+        register_adapter(patched, ipadapter)
+        return (patched,)
 
 
-def patch_model(model: ModelPatcher, ipadapter, branch: ImageBranch) -> ModelPatcher:
-    """A clone of `model` with `branch` on every cross-attention layer; all checks happen here, before sampling."""
-    branch.prompt.check_made_by(ipadapter.model)
-    layers = match_adapter(cross_attention_layers(model.get_model_object("diffusion_model")), ipadapter.model.spec)
-    patched = model.clone()
-    install_branch(patched, layers, branch)
+def make_branch(ipadapter, prompt, weight: float, factors, unfold: bool, **options) -> ImageBranch:
+    prompt.check_made_by(ipadapter.model)
+    if options["scaling"] not in SCALING_MODES:
+        raise IPAdapterError(f"Unknown embeds_scaling {options['scaling']!r}; choose one of {', '.join(SCALING_MODES)}.")
+    cond, uncond, token_scale = prompt.layout(unfold)
+    return ImageBranch(adapter=ipadapter.model, cond=cond, uncond=uncond, weight=weight, token_scale=token_scale, layer_weights=factors, **options)
+
+
+def register_adapter(patched: ModelPatcher, ipadapter) -> None:
+    """Hand the adapter weights to ComfyUI's model management: loaded and offloaded with the UNet."""
     adapters = patched.get_additional_models_with_key(ADDITIONAL_MODELS_KEY)
     if not any(m.model is ipadapter.patcher.model for m in adapters):
         patched.set_additional_models(ADDITIONAL_MODELS_KEY, adapters + [ipadapter.patcher])
-    return patched
+
+
+def prepare_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3 or min(mask.shape) == 0:
+        raise IPAdapterError(f"attn_mask must be a MASK (height, width) or a batch of them; got shape {tuple(mask.shape)}.")
+    mask = mask.float().cpu()
+    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise IPAdapterError("attn_mask values must lie between 0 and 1; convert the image to a mask with a stock mask node first.")
+    return mask
 
 
 def sigma_range(model: ModelPatcher, start_at: float, end_at: float) -> tuple[float, float] | None:

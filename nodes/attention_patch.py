@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from comfy.ldm.modules.attention import optimized_attention
 from comfy.model_patcher import ModelPatcher
-from comfy.patcher_extension import CallbacksMP
+from comfy.patcher_extension import CallbacksMP, WrappersMP
 
 from ..ipadapter_core.attention import ImageKeysValues
 from ..ipadapter_core.image_branch import ImageBranch
 from ..ipadapter_core.layer_map import CrossAttentionLayer
 
-CLEANUP_KEY = "ipadapter_core"
+PATCHER_KEY = "ipadapter_core"
 
 
 class ImagePromptAttention:
@@ -20,8 +20,8 @@ class ImagePromptAttention:
     Instances are immutable and shared between clones of a model (ModelPatcher.clone deep-copies
     model options; copying adapter state there would duplicate memory for nothing). Applying
     another adapter builds a new instance with one more branch, so several adapters on one layer
-    share the query and run in one pass. The keys/values cache is keyed by everything it depends
-    on and is dropped when sampling ends.
+    share the query and run in one pass. Caches are keyed by everything they depend on and are
+    dropped when sampling ends.
     """
 
     def __init__(self, layer: CrossAttentionLayer, branches: tuple[ImageBranch, ...], previous=None):
@@ -29,7 +29,9 @@ class ImagePromptAttention:
         self.branches = branches
         self.previous = previous
         self.gated = any(branch.gated for branch in branches)
+        self.masked = any(branch.mask is not None for branch in branches)
         self.cache: dict[tuple, ImageKeysValues] = {}
+        self.mask_cache: dict[tuple, list] = {}
 
     def __deepcopy__(self, memo):
         return self
@@ -55,10 +57,11 @@ class ImagePromptAttention:
         if self.gated:  # one row per key/value row: the first sample of each group it serves
             step = q.shape[0] // image_kv.rows
             scale = torch.stack([branch.gate(extra_options["sigmas"])[::step] for branch in self.branches], dim=1)
-        return image_kv.add_to(out, q, attention=attention, value_scale=scale)
+        masks = self.masks(q, kinds, chunk, extra_options) if self.masked else None
+        return image_kv.add_to(out, q, attention=attention, value_scale=scale, masks=masks)
 
     def build(self, kinds, chunk, device, dtype) -> ImageKeysValues:
-        """Keys/values per pass (cond/uncond), or per latent when some prompt differs across latents."""
+        """Keys/values per pass (cond/uncond), or per latent when some input differs across latents."""
         if any(branch.per_latent for branch in self.branches):
             layout = [(kind, i) for kind in kinds for i in range(chunk)]
         else:
@@ -66,28 +69,54 @@ class ImagePromptAttention:
         pairs = [branch.keys_values(self.layer, layout, device, dtype) for branch in self.branches]
         return ImageKeysValues([k for k, _ in pairs], [v for _, v in pairs], self.layer.heads)
 
+    def masks(self, q, kinds, chunk, extra_options) -> list:
+        latent_size = tuple(extra_options["original_shape"][-2:])
+        key = (q.shape[1], latent_size, kinds, chunk, q.device, q.dtype)
+        if key not in self.mask_cache:
+            self.mask_cache[key] = [branch.query_mask(q.shape[1], latent_size, kinds, chunk, q.device, q.dtype) for branch in self.branches]
+        return self.mask_cache[key]
+
     def release(self) -> None:
         self.cache.clear()
+        self.mask_cache.clear()
         for branch in self.branches:
             branch.gate_cache[:] = [None, None]
 
 
+def attn2_patches(patcher: ModelPatcher) -> dict:
+    return patcher.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+
+
 def install_branch(patcher: ModelPatcher, layers: list[CrossAttentionLayer], branch: ImageBranch) -> None:
-    """Add `branch` to every layer of `patcher` (a clone), composing with patches already there."""
-    replace = patcher.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    """Add `branch` to the layers it weights in `patcher` (a clone), composing with patches already there."""
+    replace = attn2_patches(patcher)
     for layer in layers:
+        if not branch.patches(layer):
+            continue
         existing = replace.get(layer.key, replace.get(layer.key[:2]))
         if isinstance(existing, ImagePromptAttention):
             patch = existing.with_branch(branch)
         else:
             patch = ImagePromptAttention(layer, (branch,), existing)
         patcher.set_model_attn2_replace(patch, *layer.key)
-    if not patcher.get_callbacks(CallbacksMP.ON_CLEANUP, CLEANUP_KEY):
-        patcher.add_callback_with_key(CallbacksMP.ON_CLEANUP, CLEANUP_KEY, release_caches)
+    if not patcher.get_callbacks(CallbacksMP.ON_CLEANUP, PATCHER_KEY):
+        patcher.add_callback_with_key(CallbacksMP.ON_CLEANUP, PATCHER_KEY, release_caches)
+        patcher.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, PATCHER_KEY, check_batch_before_sampling)
+
+
+def branches_of(patcher: ModelPatcher) -> set[ImageBranch]:
+    return {b for patch in attn2_patches(patcher).values() if isinstance(patch, ImagePromptAttention) for b in patch.branches}
 
 
 def release_caches(patcher: ModelPatcher) -> None:
     """After sampling, drop cached image keys/values so nothing stays on the device between prompts."""
-    for patch in patcher.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {}).values():
+    for patch in attn2_patches(patcher).values():
         if isinstance(patch, ImagePromptAttention):
             patch.release()
+
+
+def check_batch_before_sampling(executor, noise, *args, **kwargs):
+    """Per-latent inputs (unfolded references, masks) are checked against the latent batch before step one."""
+    for branch in branches_of(executor.class_obj.model_patcher):
+        branch.check_batch(noise.shape[0])
+    return executor(noise, *args, **kwargs)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import comfy.model_management
 
-from ..ipadapter_core.encoding import encode_image_prompt
+from ..ipadapter_core.encoding import COMBINE_METHODS, CROP_MODES, encode_image_prompt, parse_weights
 from .clip_vision import comfy_encoder
 
 
 class EncodeImagePrompt:
     DESCRIPTION = (
         "Turns reference images into image-prompt tokens with the adapter's projection. Several images in "
-        "one batch are combined by concatenating their tokens."
+        "one batch are combined by concatenating their tokens unless another combine method is chosen."
     )
     CATEGORY = "ipadapter"
     RETURN_TYPES = ("IMAGE_PROMPT",)
@@ -29,12 +29,16 @@ class EncodeImagePrompt:
             },
             "optional": {
                 "negative_image": ("IMAGE", {"tooltip": "Replaces the neutral unconditional image tokens (one image, or one per reference)."}),
+                "combine": (list(COMBINE_METHODS), {"default": "concat", "tooltip": "How several references become one prompt: concat keeps all their tokens; the others merge the CLIP embeddings first."}),
+                "image_weights": ("STRING", {"default": "", "tooltip": "One weight per reference image, e.g. '1, 0.5' (empty: all 1)."}),
+                "crop": (list(CROP_MODES), {"default": "center", "tooltip": "center: square centre crop (the reference). squash: resize the whole image. tiles: square tiles covering wide or tall images."}),
             },
         }
 
-    def encode(self, ipadapter, clip_vision, image, negative_image=None):
+    def encode(self, ipadapter, clip_vision, image, negative_image=None, combine="concat", image_weights="", crop="center"):
         encoder = comfy_encoder(clip_vision, ipadapter.model.spec)
         comfy.model_management.load_model_gpu(ipadapter.patcher)
+        weights = parse_weights(image_weights, image.shape[0] if image.ndim == 4 else 1)
         prompt = encode_image_prompt(
             ipadapter.model,
             image,
@@ -43,5 +47,9 @@ class EncodeImagePrompt:
             size=clip_vision.image_size,
             mean=tuple(clip_vision.image_mean),
             std=tuple(clip_vision.image_std),
+            combine=combine,
+            weights=weights,
+            crop=crop,
         )
         return (prompt,)
+

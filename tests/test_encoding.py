@@ -97,6 +97,7 @@ def test_image_prompt_matches_diffusers_encode_image(pack, vit_h, kind):
         cond, uncond = StableDiffusionPipeline.encode_image(PipelineStub(reference_encoder), clip_pixels(images), "cpu", 1, output_hidden_states=hidden or None)
         expected_cond = projection(cond).reshape(1, -1, 768)
         expected_uncond = projection(uncond).reshape(1, -1, 768)
-    assert prompt.cond.shape == expected_cond.shape == (1, 2 * (4 if kind == "base" else 16 if kind == "plus" else 257), 768)
-    assert relative_error(prompt.cond, expected_cond) < 1e-5
-    assert relative_error(prompt.uncond, expected_uncond) < 1e-5
+    cond, uncond, _ = prompt.layout(unfold=False)  # both references' tokens concatenated, as diffusers does
+    assert cond.shape == expected_cond.shape == (1, 2 * (4 if kind == "base" else 16 if kind == "plus" else 257), 768)
+    assert relative_error(cond, expected_cond) < 1e-5
+    assert relative_error(uncond, expected_uncond) < 1e-5

@@ -171,7 +171,8 @@ def test_encoder_tokens_and_negative_image(base, plus_prompt_inputs):
     prompt = encode(adapter, clip_vision, seed=3)
     assert prompt.cond.shape == (1, 16, 768) and prompt.uncond.shape == (1, 16, 768)
     two = node("EncodeImagePrompt").encode(adapter, clip_vision, torch.rand(2, 64, 64, 3))[0]
-    assert two.cond.shape == (1, 32, 768)
+    assert two.cond.shape == (2, 16, 768)  # one row per reference
+    assert two.layout(unfold=False)[0].shape == (1, 32, 768)  # concatenated for the sampler, as diffusers does
     negative = encode(adapter, clip_vision, seed=3, negative_image=torch.rand(1, 64, 64, 3))
     assert torch.equal(negative.cond, prompt.cond) and not torch.allclose(negative.uncond, prompt.uncond)
 
