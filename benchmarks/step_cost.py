@@ -29,16 +29,6 @@ from tools.comfy_host import import_comfy, import_pack
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DIFFUSERS_CONFIGS = {
-    "sd15": dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
-    "sdxl": dict(
-        sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280), layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-    ),
-}
 
 
 def build_model(name: str, dtype: torch.dtype):
@@ -49,7 +39,7 @@ def build_model(name: str, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    state = UNet2DConditionModel(**DIFFUSERS_CONFIGS[name]).state_dict()
+    state = UNet2DConditionModel(**random_models.DIFFUSERS_UNET_CONFIGS[name]).state_dict()
     return comfy.sd.load_diffusion_model_state_dict(state, model_options={"dtype": dtype})
 
 

@@ -33,7 +33,8 @@ class IPAdapterModel(nn.Module):
         self.ip_layers = ip_layers
 
     @classmethod
-    def from_weights(cls, weights: AdapterWeights) -> "IPAdapterModel":
+    def from_weights(cls, weights: AdapterWeights, identity: str | None = None) -> "IPAdapterModel":
+        """identity defaults to a fingerprint of the weights (give one for shape-only meta weights)."""
         spec = detect_variant(weights)
         try:
             image_proj = build_image_projection(spec, weights.image_proj)
@@ -42,7 +43,7 @@ class IPAdapterModel(nn.Module):
             ip_layers.load_state_dict(weights.ip_adapter, strict=True, assign=True)
         except RuntimeError as error:
             raise IPAdapterError(f"The IP-Adapter's weights do not fit its detected layout ({spec.description}): {error}") from error
-        return cls(spec, image_proj, ip_layers.requires_grad_(False), fingerprint(weights))
+        return cls(spec, image_proj, ip_layers.requires_grad_(False), identity or fingerprint(weights))
 
     @classmethod
     def load(cls, path: str | Path) -> "IPAdapterModel":

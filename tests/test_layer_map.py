@@ -9,36 +9,19 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
 
-from tools.random_models import SD15_LAYER_DIMS, sdxl_layer_dims
+from tools.random_models import SD15_LAYER_DIMS, meta_model, sdxl_layer_dims
 
-SD15 = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-SDXL = dict(
-    sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280), layers_per_block=2,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
 # The SD1.5 table of ipadapter-reference.md section 2, written out.
 SD15_TABLE = {1: ("input", 1), 3: ("input", 2), 5: ("input", 4), 7: ("input", 5), 9: ("input", 7), 11: ("input", 8),
               13: ("output", 3), 15: ("output", 4), 17: ("output", 5), 19: ("output", 6), 21: ("output", 7), 23: ("output", 8),
               25: ("output", 9), 27: ("output", 10), 29: ("output", 11), 31: ("middle", 0)}
 
 
-def build_pair(comfy, config):
+def build_pair(architecture):
     """A diffusers UNet and the ComfyUI UNet ComfyUI derives from its state dict, both on meta."""
-    import comfy.model_detection
-    import comfy.ops
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        reference = UNet2DConditionModel(**config)
-    unet_config = comfy.model_detection.unet_config_from_diffusers_unet(reference.state_dict())
-    ours = UNetModel(**unet_config, device="meta", operations=comfy.ops.disable_weight_init)
-    return reference, ours, unet_config
+    reference, patcher, unet_config = meta_model(architecture)
+    return reference, patcher.get_model_object("diffusion_model"), unet_config
 
 
 def ldm_key(ldm_weight_name: str) -> tuple[str, int, int]:
@@ -49,12 +32,12 @@ def ldm_key(ldm_weight_name: str) -> tuple[str, int, int]:
     return (block.split("_")[0], int(number), int(index))
 
 
-@pytest.mark.parametrize("config, reference_dims", [(SD15, SD15_LAYER_DIMS), (SDXL, sdxl_layer_dims())], ids=["sd15", "sdxl"])
-def test_map_follows_diffusers_processor_order(comfy, pack, config, reference_dims):
+@pytest.mark.parametrize("architecture, reference_dims", [("sd15", SD15_LAYER_DIMS), ("sdxl", sdxl_layer_dims())])
+def test_map_follows_diffusers_processor_order(comfy, pack, architecture, reference_dims):
     import comfy.utils
     from comfyui_ipadapter.ipadapter_core.layer_map import cross_attention_layers
 
-    reference, ours, unet_config = build_pair(comfy, config)
+    reference, ours, unet_config = build_pair(architecture)
     layers = cross_attention_layers(ours)
     # diffusers numbers its j-th cross-attention processor 2j+1 when loading IP-Adapter weights
     cross = [name for name in reference.attn_processors if name.endswith("attn2.processor")]
@@ -71,7 +54,7 @@ def test_map_follows_diffusers_processor_order(comfy, pack, config, reference_di
 def test_sd15_map_is_the_reference_table(comfy, pack):
     from comfyui_ipadapter.ipadapter_core.layer_map import cross_attention_layers
 
-    _, ours, _ = build_pair(comfy, SD15)
+    _, ours, _ = build_pair("sd15")
     layers = cross_attention_layers(ours)
     assert {layer.processor_index: layer.key[:2] for layer in layers} == SD15_TABLE
     assert all(layer.key[2] == 0 for layer in layers)
@@ -81,7 +64,7 @@ def test_sd15_map_is_the_reference_table(comfy, pack):
 def test_sdxl_middle_block_gets_ten_layers(comfy, pack):
     from comfyui_ipadapter.ipadapter_core.layer_map import cross_attention_layers
 
-    _, ours, _ = build_pair(comfy, SDXL)
+    _, ours, _ = build_pair("sdxl")
     middle = [layer for layer in cross_attention_layers(ours) if layer.key[0] == "middle"]
     assert [layer.key for layer in middle] == [("middle", 0, i) for i in range(10)]
     assert [layer.processor_index for layer in middle] == list(range(121, 140, 2))

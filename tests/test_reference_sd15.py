@@ -41,7 +41,7 @@ def sd15(comfy):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
+    unet = UNet2DConditionModel(**random_models.DIFFUSERS_UNET_CONFIGS["sd15"]).eval()
     model = comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in unet.state_dict().items()})
     assert type(model.model).__name__ == "BaseModel" and model.model.model_config.__class__.__name__ == "SD15"
     return unet, model

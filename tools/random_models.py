@@ -32,6 +32,18 @@ TINY_UNET_CONFIG = dict(
     transformer_depth=[1], transformer_depth_middle=1, transformer_depth_output=[1, 1], legacy=False,
 )
 
+# diffusers UNet2DConditionModel configurations of the two real architectures.
+DIFFUSERS_UNET_CONFIGS = {
+    "sd15": dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+    "sdxl": dict(
+        sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    ),
+}
+
 VISION_CONFIGS = {
     "vit-h": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32, projection_dim=1024),
     "vit-bigg": dict(hidden_size=1664, intermediate_size=8192, num_attention_heads=16, num_hidden_layers=48, projection_dim=1280),
@@ -209,3 +221,23 @@ def lora_state_dict(model_patcher, rank: int = 4, seed: int = 0) -> dict[str, to
         lora[f"{lora_key}.lora_up.weight"] = r(out_dim, rank, scale=1 / math.sqrt(rank))
         lora[f"{lora_key}.alpha"] = torch.tensor(float(rank))
     return lora
+
+
+def meta_model(architecture: str):
+    """A ComfyUI ModelPatcher of the full SD1.5 or SDXL architecture on the meta device.
+
+    Shapes without memory: enough to see which layers a patch registers on, for SDXL too.
+    Returns (diffusers UNet on meta, ComfyUI ModelPatcher, ComfyUI unet config).
+    """
+    import comfy.model_detection
+    import comfy.model_patcher
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        reference = UNet2DConditionModel(**DIFFUSERS_UNET_CONFIGS[architecture])
+    unet_config = comfy.model_detection.unet_config_from_diffusers_unet(reference.state_dict())
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({}, device="meta")
+    cpu = torch.device("cpu")
+    return reference, comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu), unet_config
