@@ -43,24 +43,20 @@ SD_VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_chann
 def build_embedded_models(target_dir: Path = DEFAULT_TARGET) -> Path:
     """Build whatever is missing under target_dir and return it (a ComfyUI `models` folder)."""
     target = Path(target_dir)
-    builders: dict[str, tuple[Callable[[], dict[str, torch.Tensor]], Callable[[Path], None] | None]] = {
-        CHECKPOINT: (checkpoint_state_dict, verify_checkpoint),
-        CLIP_VISION: (clip_vision_state_dict, verify_clip_vision),
-        IPADAPTER: (ipadapter_state_dict, None),
-    }
-    for relative, (build, verify) in builders.items():
+    writers: dict[str, Callable[[Path], None]] = {CHECKPOINT: write_checkpoint, CLIP_VISION: write_clip_vision, IPADAPTER: write_ipadapter}
+    for relative, write in writers.items():
         path = target / relative
         if path.is_file():
             log.debug("%s exists", path)
             continue
         log.info("Building %s (random weights)", path)
         import_comfy()
-        write_atomically(path, build(), verify)
+        write_atomically(path, write)
     return target
 
 
-def write_atomically(path: Path, tensors: dict[str, torch.Tensor], verify: Callable[[Path], None] | None) -> None:
-    """Stage in a hidden folder outside every model folder, check, then rename into place.
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write (and check) in a hidden folder outside every model folder, then rename into place.
 
     A server listing models/ meanwhile, or a second builder running at the same time, sees
     either no file or a complete one.
@@ -68,18 +64,16 @@ def write_atomically(path: Path, tensors: dict[str, torch.Tensor], verify: Calla
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parents[1], prefix=".building-") as staging:
         staged = Path(staging) / path.name
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(staged))
-        if verify is not None:
-            verify(staged)
+        write(staged)
         os.replace(staged, path)
     log.info("Wrote %s (%.0f MB)", path, path.stat().st_size / 2**20)
 
 
-def half(tensors: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
-    return {prefix + k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+def half(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
 
 
-def checkpoint_state_dict() -> dict[str, torch.Tensor]:
+def write_checkpoint(path: Path) -> None:
     """SD1.5 in the original LDM layout: model.diffusion_model / cond_stage_model / first_stage_model."""
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -89,11 +83,12 @@ def checkpoint_state_dict() -> dict[str, torch.Tensor]:
     # The released checkpoint stores the position ids; recent transformers no longer saves them.
     text["text_model.embeddings.position_ids"] = torch.arange(CLIP_TEXT_CONFIG["max_position_embeddings"]).unsqueeze(0)
     vae = random_models.randomize_(AutoencoderKL(ddconfig=SD_VAE_CONFIG, embed_dim=4), SEEDS["vae"])
-    return {
+    save_file({
         **half(random_models.tiny_unet_state_dict(SEEDS["unet"]), "model.diffusion_model."),
         **half(text, "cond_stage_model.transformer."),
         **half(vae.state_dict(), "first_stage_model."),
-    }
+    }, str(path))
+    verify_checkpoint(path)
 
 
 def verify_checkpoint(path: Path) -> None:
@@ -109,20 +104,17 @@ def verify_checkpoint(path: Path) -> None:
         raise RuntimeError(f"{path.name}: the VAE decodes a random latent to values outside [0, 1] or to a flat image")
 
 
-def clip_vision_state_dict() -> dict[str, torch.Tensor]:
-    return random_models.clip_vision_state_dict("vit-h", seed=SEEDS["clip_vision"], dtype=torch.float16)
-
-
-def verify_clip_vision(path: Path) -> None:
-    """The stock CLIPVisionLoader calls comfy.clip_vision.load; it must pick the ViT-H config."""
+def write_clip_vision(path: Path) -> None:
+    """ViT-H/14 in transformers' layout; the stock CLIPVisionLoader (comfy.clip_vision.load) must pick its ViT-H config."""
     import comfy.clip_vision
 
+    save_file(random_models.clip_vision_state_dict("vit-h", seed=SEEDS["clip_vision"], dtype=torch.float16), str(path))
     clip_vision = comfy.clip_vision.load(str(path))
     if clip_vision is None or clip_vision.model.visual_projection.weight.shape != (1024, 1280):
         raise RuntimeError(f"{path.name} does not load as a ViT-H/14 CLIP vision model")
 
 
-def ipadapter_state_dict() -> dict[str, torch.Tensor]:
+def write_ipadapter(path: Path) -> None:
     """A base SD1.5 adapter with one to_k_ip/to_v_ip pair per cross-attention layer of the tiny UNet.
 
     The layers come from the pack's own layer map run on the UNet ComfyUI builds from the
@@ -134,7 +126,4 @@ def ipadapter_state_dict() -> dict[str, torch.Tensor]:
     unet = random_models.tiny_model(SEEDS["unet"]).get_model_object("diffusion_model")
     layer_dims = [(layer.processor_index, layer.inner_dim) for layer in cross_attention_layers(unet)]
     log.info("IP-Adapter layers (processor index, inner dim): %s", layer_dims)
-    adapter = random_models.adapter_state_dict("base", layer_dims, seed=SEEDS["ipadapter"], dtype=torch.float16)
-    flat = {f"image_proj.{k}": v for k, v in adapter["image_proj"].items()}
-    flat.update({f"ip_adapter.{k}": v for k, v in adapter["ip_adapter"].items()})
-    return flat
+    random_models.save_adapter(random_models.adapter_state_dict("base", layer_dims, seed=SEEDS["ipadapter"], dtype=torch.float16), path)
