@@ -277,3 +277,20 @@ def test_latent_batch_and_cfg_one(comfy, tiny_model, base, base_prompt):
         assert torch.allclose(batch_uncond[i : i + 1], uncond, rtol=1e-5, atol=1e-5)
     _, cfg_one, _, _ = predict_noise(comfy, patched, noise[:1], 4.0, conditioning(1), conditioning(2), cfg=1.0)
     assert torch.allclose(cfg_one, batch_cond[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_adapter_is_freed_when_no_graph_uses_it(comfy, tiny_model, small_clip_vision, adapter_folder):
+    """Nothing of the pack (patches, caches, model management) keeps an adapter alive after its graph is gone."""
+    import gc
+    import weakref
+
+    import comfy.model_management
+
+    adapter = load("tiny_other.safetensors")
+    patched = apply(tiny_model, adapter, encode(adapter, small_clip_vision, seed=4))
+    sample(comfy, patched)
+    weights = weakref.ref(adapter.model)
+    del adapter, patched
+    gc.collect()
+    comfy.model_management.cleanup_models()
+    assert weights() is None
