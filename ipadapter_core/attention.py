@@ -17,7 +17,6 @@ adapter goes through a general attention kernel instead (the host's optimised on
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -67,12 +66,9 @@ class ImageKeysValues:
         if self.fused:
             self.key_blocks = torch.cat([block_diagonal_keys(k, heads) for k in keys], dim=2)
             self.value_blocks = torch.cat([block_diagonal_values(v, heads) for v in values], dim=1)
-            columns = [heads * t for t in self.token_counts]
-            self.segments = list(zip(accumulate([0] + columns[:-1]), columns))
+            self.widths = [heads * t for t in self.token_counts]  # columns per adapter
             # (adapters, columns) indicator: turns one scale per adapter into one per value row.
-            self.segment_matrix = torch.zeros(len(columns), sum(columns), dtype=values[0].dtype, device=values[0].device)
-            for a, (start, width) in enumerate(self.segments):
-                self.segment_matrix[a, start : start + width] = 1
+            self.segment_matrix = torch.block_diag(*[values[0].new_ones(1, width) for width in self.widths])
         else:
             self.keys, self.values = list(keys), list(values)
 
@@ -107,19 +103,14 @@ class ImageKeysValues:
         return out.reshape(shape)
 
     def add_fused(self, text_out, q, value_scale, masks):
-        b, length, _ = q.shape
         scores = torch.bmm(q, self.key_blocks)
         if len(set(self.token_counts)) == 1:
-            probs = scores.view(b, length, -1, self.token_counts[0]).softmax(dim=-1).view(b, length, -1)
+            probs = scores.unflatten(-1, (-1, self.token_counts[0])).softmax(dim=-1).flatten(-2)
         else:
-            probs = torch.cat(
-                [scores[..., start : start + width].unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(-2) for start, width in self.segments],
-                dim=-1,
-            )
-        if masks is not None:
-            for (start, width), mask in zip(self.segments, masks):
-                if mask is not None:
-                    probs[..., start : start + width] *= mask
+            segments = scores.split(self.widths, dim=-1)
+            probs = torch.cat([s.unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(-2) for s in segments], dim=-1)
+        if masks is not None and any(m is not None for m in masks):  # out of place: softmax's backward needs probs
+            probs = torch.cat([p if m is None else p * m for p, m in zip(probs.split(self.widths, dim=-1), masks)], dim=-1)
         values = self.value_blocks
         if value_scale is not None:
             values = values * (value_scale.to(values.dtype) @ self.segment_matrix).unsqueeze(-1)
