@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .errors import IPAdapterError
@@ -54,7 +53,7 @@ def read_weights_file(path: str | Path) -> StateDict:
             "arbitrary code; it was not loaded. Use the official .safetensors release of this adapter, "
             f"or convert the file with a tool you trust. ({first_line(error)})"
         ) from error
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # a damaged stream can make the unpickler raise almost anything
         raise IPAdapterError(
             f"{path.name} could not be read: the file is corrupt or truncated ({first_line(error)}). "
             "Download it again."

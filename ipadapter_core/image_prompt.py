@@ -30,8 +30,8 @@ class ImagePrompt:
         if self.adapter_identity != adapter.identity:
             raise IPAdapterError(
                 f"This image prompt was encoded by a different IP-Adapter ({self.adapter_description}) than "
-                f"the one being applied ({adapter.spec.description}). Connect the same Load IP-Adapter node "
-                "to both Encode Image Prompt and Apply IP-Adapter."
+                f"the one being applied ({adapter.spec.description}). Apply it with the adapter that encoded it: "
+                "connect the same Load IP-Adapter node to Encode Image Prompt and Apply IP-Adapter."
             )
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import comfy.model_management
 
 from ..ipadapter_core.encoding import COMBINE_METHODS, CROP_MODES, encode_image_prompt, parse_weights
@@ -25,7 +27,7 @@ class EncodeImagePrompt:
             "required": {
                 "ipadapter": ("IPADAPTER", {"tooltip": "From Load IP-Adapter; the same one must go to Apply IP-Adapter."}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": "From Load CLIP Vision: the encoder the adapter was trained with (ViT-H/14 for most)."}),
-                "image": ("IMAGE", {"tooltip": "Reference image(s). RGBA and grayscale are converted; non-square images are centre-cropped."}),
+                "image": ("IMAGE", {"tooltip": "Reference image(s). RGBA and grayscale are converted; non-square images are centre-cropped (see crop, or Prepare Image For CLIP)."}),
             },
             "optional": {
                 "negative_image": ("IMAGE", {"tooltip": "Replaces the neutral unconditional image tokens (one image, or one per reference)."}),
@@ -51,5 +53,6 @@ class EncodeImagePrompt:
             weights=weights,
             crop=crop,
         )
-        return (prompt,)
+        # Name the file in the prompt: adapters of one variant share a description.
+        return (replace(prompt, adapter_description=f"{ipadapter.name}, {prompt.adapter_description}"),)
 

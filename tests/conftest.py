@@ -1,4 +1,9 @@
-"""Shared fixtures: the real ComfyUI imported once per session, and models too slow to build twice."""
+"""Shared fixtures: the real ComfyUI imported once per session, and models too slow to build twice.
+
+The pack is imported as the package `comfyui_ipadapter` (as ComfyUI imports a custom node
+folder); tests of the nodes must import the core through it (`comfyui_ipadapter.ipadapter_core`),
+since `import ipadapter_core`, which core-only tests use, is a second copy with its own classes.
+"""
 
 from __future__ import annotations
 

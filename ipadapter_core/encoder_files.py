@@ -1,0 +1,113 @@
+"""Which CLIP vision file feeds an adapter, decided by the file's weights, not its name.
+
+Encoder files are renamed freely (model.safetensors, pytorch_model.bin, ...) and the official
+names are easy to mix up, so the choice reads the architecture from key names and tensor
+shapes: only the header of a safetensors file, a memory-mapped view of a pickle. Results are
+cached per (path, size, mtime), so listing the folder again costs nothing until a file changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .checkpoint import SAFETENSORS_SUFFIXES
+from .errors import IPAdapterError
+from .variants import ENCODERS, IMAGE_EMBEDS, AdapterSpec
+
+# Full architectures (image_embeds width, hidden width): an adapter needs the encoder it was
+# trained with, not merely one whose output happens to have the same width.
+ARCHITECTURES = {"CLIP ViT-H/14": (1024, 1280), "CLIP ViT-bigG/14": (1280, 1664), "CLIP ViT-L/14": (768, 1024)}
+LAYOUTS = (  # (projection key, whether it is stored (hidden, embeds), layer key pattern)
+    ("visual_projection.weight", False, re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.")),  # transformers
+    ("visual.proj", True, re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.")),  # open_clip
+)
+
+
+@dataclass(frozen=True)
+class EncoderWidths:
+    embeds: int  # width of image_embeds (the projection's output)
+    hidden: int  # width of the hidden states (penultimate_hidden_states)
+    layers: int
+
+    @property
+    def name(self) -> str:
+        return ENCODERS.get((IMAGE_EMBEDS, self.embeds), f"a CLIP vision model with embedding width {self.embeds}")
+
+    def fits(self, spec: AdapterSpec) -> bool:
+        width = self.embeds if spec.encoder_output == IMAGE_EMBEDS else self.hidden
+        return width == spec.encoder_width and ARCHITECTURES.get(spec.encoder_name, (self.embeds, self.hidden)) == (self.embeds, self.hidden)
+
+
+def widths_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> EncoderWidths | None:
+    """None when the keys are not a CLIP vision model with a projection (in either layout)."""
+    for projection_key, transposed, layer_key in LAYOUTS:
+        shape = shapes.get(projection_key)
+        if shape is None or len(shape) != 2:
+            continue
+        embeds, hidden = reversed(shape) if transposed else shape
+        layers = {int(match.group(1)) for key in shapes if (match := layer_key.match(key))}
+        if layers:
+            return EncoderWidths(embeds=embeds, hidden=hidden, layers=max(layers) + 1)
+    return None
+
+
+def read_encoder_widths(path: str | Path) -> EncoderWidths | None:
+    """The file's architecture, cached until its size or mtime changes; None if it is not a CLIP vision model."""
+    path = Path(path)
+    stat = path.stat()
+    return cached_widths(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def cached_widths(path: str, size: int, mtime_ns: int) -> EncoderWidths | None:
+    return widths_from_shapes(read_shapes(Path(path)))
+
+
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape without reading tensor data; {} for files that cannot be read as weights."""
+    try:
+        if path.suffix in SAFETENSORS_SUFFIXES:
+            with safe_open(str(path), framework="pt", device="cpu") as file:
+                return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001  the unpickler fails in many ways on junk; one bad file must not stop the scan
+        logging.warning("IP-Adapter: skipping %s, not readable as plain weights (%s)", path.name, str(error).strip()[:200])
+        return {}
+    if isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), dict):
+        state = next(iter(state.values()))  # {"state_dict": {...}} and similar wrappers, as ComfyUI unwraps them
+    if not isinstance(state, dict):
+        return {}
+    return {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def find_encoder(spec: AdapterSpec, files: Iterable[str | Path]) -> Path:
+    """The file among `files` that can feed `spec`; the deepest if several fit, then the first given.
+
+    Raises IPAdapterError naming the file to download when none fits.
+    """
+    fitting, seen = [], []
+    for path in map(Path, files):
+        widths = read_encoder_widths(path)
+        if widths is None:
+            continue
+        seen.append(f"{path.name} ({widths.name}, {widths.layers} layers)")
+        if widths.fits(spec):
+            fitting.append((widths.layers, path))
+    if not fitting:
+        found = f" Found there: {'; '.join(seen)}." if seen else " No CLIP vision model was found there."
+        raise IPAdapterError(
+            f"No CLIP vision model for the {spec.description} in models/clip_vision. Download {spec.encoder_file} "
+            f"({spec.encoder_name}) into models/clip_vision.{found}"
+        )
+    chosen = max(fitting, key=lambda item: item[0])[1]  # max keeps the first of equal depth
+    if len(fitting) > 1:
+        logging.info("IP-Adapter: %d CLIP vision files fit the %s; using %s", len(fitting), spec.description, chosen.name)
+    return chosen
