@@ -42,6 +42,19 @@ class ImageBranch:
     mask: torch.Tensor | None = None
     scaling: str = "V only"
     gate_cache: list = field(default_factory=lambda: [None, None], repr=False)
+    device_cache: dict = field(default_factory=dict, repr=False)
+
+    def on_device(self, name: str, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Upload a prompt tensor once per sampling run and device, not once per layer."""
+        key = (name, device)
+        if key not in self.device_cache:
+            self.device_cache[key] = tensor.to(device)
+        return self.device_cache[key]
+
+    def release(self) -> None:
+        """Drop what sampling cached (device copies, the last step's gate)."""
+        self.device_cache.clear()
+        self.gate_cache[:] = [None, None]
 
     def factor(self, layer: CrossAttentionLayer) -> float:
         return self.weight * (1.0 if self.layer_weights is None else self.layer_weights.get(layer.key, 0.0))
@@ -60,18 +73,21 @@ class ImageBranch:
         to the model's compute dtype.
         """
         projection = self.adapter.layer(layer.processor_index)
-        tokens = torch.cat([self.cond, self.uncond]).to(device, torch.float32)
+        tokens = self.on_device("tokens", torch.cat([self.cond, self.uncond]).float(), device)
         keys = tokens @ projection.to_k_ip.weight.to(device, torch.float32).T
         values = tokens @ projection.to_v_ip.weight.to(device, torch.float32).T
         if self.token_scale is not None:
-            values = values * torch.cat([self.token_scale, self.token_scale]).to(device)[..., None]
+            values = values * self.on_device("token_scale", torch.cat([self.token_scale, self.token_scale])[..., None], device)
         keys, values = scale_keys_values(keys, values, self.factor(layer), self.scaling, layer.inner_dim)
+        # Rows picked by slicing, and per-latent weights applied as Python numbers: an index or
+        # weight tensor would be a host-to-device copy, which waits for the GPU queue.
         rows = self.cond.shape[0]
-        index = torch.tensor([kind * rows + min(i, rows - 1) for kind, i in layout], device=device)
-        keys, values = keys[index], values[index]
+        picks = [kind * rows + min(i, rows - 1) for kind, i in layout]
+        keys = torch.cat([keys[r : r + 1] for r in picks])
+        values = torch.cat([values[r : r + 1] for r in picks])
         if self.latent_weights is not None:
-            per_row = [self.latent_weights[min(i, len(self.latent_weights) - 1)] for _, i in layout]
-            values = values * torch.tensor(per_row, device=device)[:, None, None]
+            last = len(self.latent_weights) - 1
+            values = torch.cat([values[j : j + 1] * self.latent_weights[min(i, last)] for j, (_, i) in enumerate(layout)])
         return keys.to(dtype), values.to(dtype)
 
     @property
@@ -90,9 +106,10 @@ class ImageBranch:
                 break
         else:
             raise IPAdapterError(f"Cannot place the attention mask on a layer of {length} tokens for a {height}x{width} latent.")
-        resized = F.interpolate(self.mask[:, None].float(), size=grid, mode="bilinear", align_corners=False).reshape(-1, length)
-        per_latent = resized[[min(i, resized.shape[0] - 1) for i in range(chunk)]]
-        return per_latent.repeat(len(kinds), 1)[..., None].to(device, dtype)
+        mask = self.on_device("mask", self.mask[:, None].float(), device)
+        resized = F.interpolate(mask, size=grid, mode="bilinear", align_corners=False).reshape(-1, length)
+        per_latent = torch.cat([resized[min(i, resized.shape[0] - 1)][None] for i in range(chunk)])
+        return per_latent.repeat(len(kinds), 1)[..., None].to(dtype)
 
     def check_batch(self, latents: int) -> None:
         """Raised before the first step: per-latent inputs must fit the latent batch."""

@@ -80,7 +80,7 @@ class ImagePromptAttention:
         self.cache.clear()
         self.mask_cache.clear()
         for branch in self.branches:
-            branch.gate_cache[:] = [None, None]
+            branch.release()
 
 
 def attn2_patches(patcher: ModelPatcher) -> dict:

@@ -139,7 +139,7 @@ def test_caches_are_released_after_sampling(comfy, tiny_model, base, base_prompt
     first = sample(comfy, patched)
     patches = patched.model_options["transformer_options"]["patches_replace"]["attn2"].values()
     assert all(not p.cache for p in patches)
-    assert all(p.branches[0].gate_cache == [None, None] for p in patches)
+    assert all(p.branches[0].gate_cache == [None, None] and not p.branches[0].device_cache for p in patches)
     assert torch.equal(sample(comfy, patched), first)
 
 
