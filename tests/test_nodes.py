@@ -294,3 +294,35 @@ def test_adapter_is_freed_when_no_graph_uses_it(comfy, tiny_model, small_clip_vi
     gc.collect()
     comfy.model_management.cleanup_models()
     assert weights() is None
+
+
+def test_sampling_makes_no_host_device_round_trips(comfy, tiny_model, base, base_prompt, monkeypatch):
+    """No .item()/.cpu()/bool(tensor)/host-built tensors in the pack while it samples: each would stall a GPU.
+
+    Checked on the CPU by recording every such call whose caller is a file of this pack, with
+    gating, a mask and a per-latent schedule switched on so every code path runs.
+    """
+    import sys
+    from pathlib import Path
+
+    pack_files = tuple(str(Path(__file__).resolve().parents[1] / folder) for folder in ("ipadapter_core", "nodes"))
+    calls = []
+
+    def spy(owner, name):
+        original = getattr(owner, name)
+
+        def recording(*args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(pack_files):
+                calls.append(f"{name} from {Path(caller).name}:{sys._getframe(1).f_lineno}")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recording)
+
+    patched = apply(tiny_model, base, base_prompt, start_at=0.2, end_at=0.9)
+    patched = node("ApplyIPAdapter").apply(patched, base, base_prompt, 0.5, 0.0, 1.0, attn_mask=torch.ones(1, 32, 32), weight_schedule=(1.0, 0.5))[0]
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
+        spy(torch.Tensor, name)
+    spy(torch, "tensor")
+    sample(comfy, patched)
+    assert calls == []
