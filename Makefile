@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` and `make test`. Both set up .venv first if needed.
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first if needed;
+# `make test` also installs Debian's chromium for the browser tests (root or passwordless sudo).
 PY := .venv/bin/python
 
 .PHONY: setup demo test test-fast benchmark
@@ -12,10 +13,11 @@ demo: setup
 	$(PY) -m tools.demo
 
 test: setup
-	$(PY) -m pytest tests -q
+	scripts/install_browser.sh
+	scripts/test.sh
 
 test-fast: setup
-	$(PY) -m pytest tests -q -m "not slow"
+	scripts/test.sh -m "not slow"
 
 benchmark: setup
 	$(PY) -m benchmarks.step_cost

@@ -10,6 +10,7 @@ class CombineImagePrompts:
     CATEGORY = "ipadapter"
     RETURN_TYPES = ("IMAGE_PROMPT",)
     RETURN_NAMES = ("image_prompt",)
+    OUTPUT_TOOLTIPS = ("One image prompt for Apply IP-Adapter, tied to the same adapter.",)
     FUNCTION = "combine"
 
     @classmethod

@@ -12,6 +12,7 @@ class IPAdapter:
     CATEGORY = "ipadapter"
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("A copy of the model with the image prompt applied; the input model is unchanged.",)
     FUNCTION = "apply"
 
     @classmethod

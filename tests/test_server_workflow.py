@@ -19,7 +19,7 @@ from PIL import Image
 
 from tools.comfy_server import ComfyServer, PromptFailed, PromptRejected
 from tools.embedded_models import build_embedded_models
-from tools.workflow_api import ui_to_api
+from tools.workflow_api import shrink_for_cpu, ui_to_api
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "workflows" / "image_variation.json"
@@ -68,7 +68,8 @@ def server(tmp_path_factory):
 
 
 def run(server: ComfyServer, workflow: dict) -> bytes:
-    history = server.wait(server.queue(ui_to_api(workflow, server.object_info())), timeout=900)
+    object_info = server.object_info()
+    history = server.wait(server.queue(ui_to_api(shrink_for_cpu(workflow, object_info), object_info)), timeout=900)
     images = server.output_images(history)
     assert len(images) == 1 and images[0]["filename"].startswith("ipadapter_image_variation")
     return server.fetch(images[0])
@@ -83,7 +84,7 @@ def test_shipped_workflow_converts_to_the_expected_prompt(object_info):
         "9": "EmptyLatentImage", "10": "KSampler", "11": "VAEDecode", "12": "SaveImage",
     }  # the Note (13) is frontend-only
     assert prompt["10"]["inputs"] == {
-        "seed": 1234, "steps": 4, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1,
+        "seed": 1234, "steps": 25, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1,
         "model": ["8", 0], "positive": ["5", 0], "negative": ["6", 0], "latent_image": ["9", 0],
     }  # "fixed" (control after generate) is not sent
     apply_inputs = {name: prompt["8"]["inputs"][name] for name in ("weight", "start_at", "end_at", "model", "ipadapter", "image_prompt")}
@@ -92,8 +93,15 @@ def test_shipped_workflow_converts_to_the_expected_prompt(object_info):
     assert encode_links == {"ipadapter": ["2", 0], "clip_vision": ["3", 0], "image": ["4", 0]}  # negative_image unconnected
     assert prompt["4"]["inputs"] == {"image": "reference.png"}  # the upload button's "image" is not sent
     assert prompt["2"]["inputs"] == {"ipadapter_file": "ip-adapter_sd15.safetensors"}
-    assert prompt["9"]["inputs"] == {"width": 256, "height": 256, "batch_size": 1}
+    assert prompt["9"]["inputs"] == {"width": 512, "height": 512, "batch_size": 1}
     assert prompt["5"]["_meta"] == {"title": "Positive prompt"} and prompt["8"]["_meta"] == {"title": "Apply IP-Adapter"}
+
+
+def test_shrink_for_cpu_caps_size_and_steps(object_info):
+    prompt = ui_to_api(shrink_for_cpu(load_workflow(), object_info), object_info)
+    assert prompt["9"]["inputs"] == {"width": 256, "height": 256, "batch_size": 1}
+    assert prompt["10"]["inputs"]["steps"] == 4 and prompt["10"]["inputs"]["cfg"] == 7.5
+    assert load_workflow() == json.loads(WORKFLOW.read_text())  # the shipped file is untouched
 
 
 def test_widgets_missing_from_an_older_workflow_send_their_defaults(object_info):
@@ -140,12 +148,12 @@ def test_widgets_turned_into_sockets(object_info):
          "widgets_values": [99, "fixed"]},
         # The frontend's own PrimitiveNode writes its value into the target widget, which is saved there.
         {"id": 22, "type": "PrimitiveNode", "mode": 0, "inputs": [],
-         "outputs": [{"name": "INT", "type": "INT", "links": [], "widget": {"name": "steps"}}], "widgets_values": [4, "fixed"]},
+         "outputs": [{"name": "INT", "type": "INT", "links": [], "widget": {"name": "steps"}}], "widgets_values": [25, "fixed"]},
     ]
     add_link(workflow, 21, 0, SAMPLER_NODE, 4, "INT")
     add_link(workflow, 22, 0, SAMPLER_NODE, 5, "INT")
     prompt = ui_to_api(workflow, info)
-    assert prompt["10"]["inputs"]["seed"] == ["21", 0] and prompt["10"]["inputs"]["steps"] == 4
+    assert prompt["10"]["inputs"]["seed"] == ["21", 0] and prompt["10"]["inputs"]["steps"] == 25
     assert prompt["21"] == {"inputs": {"value": 99}, "class_type": "PrimitiveInt", "_meta": {"title": "Int"}}
     assert "22" not in prompt
 

@@ -2,7 +2,7 @@
 
 What a new user does - start ComfyUI with the pack installed, load workflows/image_variation.json,
 queue it - with the embedded default models instead of downloaded weights, so it runs anywhere
-without a GPU or a network. The saved PNG's absolute path is the only line on stdout, so scripts
+without a GPU or a network (at 256x256 and 4 steps instead of the workflow's 512x512 and 25). The saved PNG's absolute path is the only line on stdout, so scripts
 can use it; progress goes to stderr.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from tools.comfy_host import CACHE, REPO
 from tools.comfy_server import ComfyServer, ServerError
 from tools.embedded_models import build_embedded_models
-from tools.workflow_api import ui_to_api
+from tools.workflow_api import shrink_for_cpu, ui_to_api
 
 log = logging.getLogger("tools.demo")
 
@@ -34,7 +34,8 @@ def run_demo(run_dir: Path = RUN_DIR, output_dir: Path = OUTPUT_DIR) -> Path:
     (run_dir / "input").mkdir(parents=True)
     shutil.copy2(REFERENCE, run_dir / "input" / REFERENCE.name)
     with ComfyServer(run_dir, models) as server:
-        prompt = ui_to_api(json.loads(WORKFLOW.read_text()), server.object_info())
+        object_info = server.object_info()
+        prompt = ui_to_api(shrink_for_cpu(json.loads(WORKFLOW.read_text()), object_info), object_info)
         prompt_id = server.queue(prompt)
         log.info("Queued %s as prompt %s", WORKFLOW.name, prompt_id)
         images = server.output_images(server.wait(prompt_id, timeout=900))

@@ -4,10 +4,17 @@ No weights can be downloaded here, yet shipped workflows must run unchanged on a
 So the files carry the names users download (v1-5-pruned-emaonly.safetensors, the ViT-H/14
 CLIP vision model, ip-adapter_sd15.safetensors) and the official key layouts, and the stock
 loaders (CheckpointLoaderSimple, CLIPVisionLoader) and this pack's loader read them as they
-would the real ones. Only the UNet is shrunk (the tiny SD1.5-detected one of random_models),
+would the real ones. Only the UNets are shrunk (for SD1.5 the tiny one of random_models),
 which keeps a 256x256 image to seconds on a CPU. Weights are fp16 to keep the folder small,
 seeds are fixed so every build is identical, and each file is built once and moved into place
-only when complete (and, for the checkpoint, verified), so a half-written file is never loaded.
+only when complete (and verified by the stock loader that will read it), so a half-written or
+misdetected file is never loaded.
+
+The shipped workflows also need a ControlNet and a LoRA for the tiny UNet, plus adapters, and an
+SDXL checkpoint (about 4.3 GB and 3-4 minutes for the whole folder, once). ComfyUI's SDXL detection does not look at channel_mult, so an SDXL UNet with
+channel_mult [1, 1, 1] (all levels 320 wide) but SDXL's transformer depths, text width 2048 and
+ADM input 2816 loads as SDXL at a tenth of the size. Its text encoders cannot shrink (ComfyUI builds
+CLIP-L and the 32-layer CLIP-G from fixed configs), so that file is large (~2.3 GB) but built once.
 """
 
 from __future__ import annotations
@@ -30,20 +37,39 @@ DEFAULT_TARGET = CACHE / "embedded-models"
 CHECKPOINT = "checkpoints/v1-5-pruned-emaonly.safetensors"
 CLIP_VISION = "clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 IPADAPTER = "ipadapter/ip-adapter_sd15.safetensors"
-SEEDS = {"unet": 0, "text_encoder": 1, "vae": 2, "clip_vision": 3, "ipadapter": 4}
+IPADAPTER_PLUS = "ipadapter/ip-adapter-plus_sd15.safetensors"
+CONTROLNET = "controlnet/control_v11p_sd15_canny_fp16.safetensors"
+LORA = "loras/add_detail.safetensors"
+SDXL_CHECKPOINT = "checkpoints/sd_xl_base_1.0.safetensors"
+IPADAPTER_PLUS_SDXL = "ipadapter/ip-adapter-plus_sdxl_vit-h.safetensors"
+SEEDS = {"unet": 0, "text_encoder": 1, "vae": 2, "clip_vision": 3, "ipadapter": 4, "ipadapter_plus": 5, "controlnet": 6, "lora": 7,
+         "sdxl_unet": 8, "sdxl_clip_l": 9, "sdxl_clip_g": 10, "sdxl_vae": 11, "ipadapter_plus_sdxl": 12}
 
-# CLIP ViT-L/14's text tower, the SD1.5 text encoder (openai/clip-vit-large-patch14).
+# CLIP ViT-L/14's text tower, the SD1.5 text encoder (openai/clip-vit-large-patch14) and SDXL's first one.
 CLIP_TEXT_CONFIG = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
-# The SD1.x VAE (ldm's AutoencoderKL with first_stage_config's ddconfig), as comfy/sd.py builds it.
+# OpenCLIP ViT-bigG/14's text tower, SDXL's second text encoder (ComfyUI's comfy/clip_config_bigg.json).
+CLIP_G_TEXT_CONFIG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                          num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+# The SD1.x VAE (ldm's AutoencoderKL with first_stage_config's ddconfig), as comfy/sd.py builds it; SDXL's has the same shapes.
 SD_VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                  "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+# SDXL's UNet (comfy/model_detection.py) with every level at 320 channels: what detection reads is unchanged.
+SMALL_SDXL_UNET_CONFIG = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2], channel_mult=[1, 1, 1],
+    transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+    num_head_channels=64, use_spatial_transformer=True, use_linear_in_transformer=True, context_dim=2048,
+    num_classes="sequential", adm_in_channels=2816, legacy=False,
+)
 
 
 def build_embedded_models(target_dir: Path = DEFAULT_TARGET) -> Path:
     """Build whatever is missing under target_dir and return it (a ComfyUI `models` folder)."""
     target = Path(target_dir)
-    writers: dict[str, Callable[[Path], None]] = {CHECKPOINT: write_checkpoint, CLIP_VISION: write_clip_vision, IPADAPTER: write_ipadapter}
+    writers: dict[str, Callable[[Path], None]] = {
+        CHECKPOINT: write_checkpoint, CLIP_VISION: write_clip_vision, IPADAPTER: write_ipadapter, IPADAPTER_PLUS: write_ipadapter_plus,
+        CONTROLNET: write_controlnet, LORA: write_lora, SDXL_CHECKPOINT: write_sdxl_checkpoint, IPADAPTER_PLUS_SDXL: write_ipadapter_plus_sdxl,
+    }
     for relative, write in writers.items():
         path = target / relative
         if path.is_file():
@@ -75,33 +101,63 @@ def half(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 
 def write_checkpoint(path: Path) -> None:
     """SD1.5 in the original LDM layout: model.diffusion_model / cond_stage_model / first_stage_model."""
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    text_encoder = random_models.randomize_(CLIPTextModel(CLIPTextConfig(**CLIP_TEXT_CONFIG)), SEEDS["text_encoder"])
-    text = text_encoder.state_dict()
+    text = clip_l_state_dict(SEEDS["text_encoder"])
     # The released checkpoint stores the position ids; recent transformers no longer saves them.
     text["text_model.embeddings.position_ids"] = torch.arange(CLIP_TEXT_CONFIG["max_position_embeddings"]).unsqueeze(0)
-    vae = random_models.randomize_(AutoencoderKL(ddconfig=SD_VAE_CONFIG, embed_dim=4), SEEDS["vae"])
     save_file({
         **half(random_models.tiny_unet_state_dict(SEEDS["unet"]), "model.diffusion_model."),
         **half(text, "cond_stage_model.transformer."),
-        **half(vae.state_dict(), "first_stage_model."),
+        **half(vae_state_dict(SEEDS["vae"]), "first_stage_model."),
     }, str(path))
-    verify_checkpoint(path)
+    verify_checkpoint(path, "SD15")
 
 
-def verify_checkpoint(path: Path) -> None:
-    """What CheckpointLoaderSimple will do with the file: SD15 model, a text encoder, a working VAE."""
+def clip_l_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    """CLIP-L's text tower keyed `text_model.*` as in the released checkpoints (transformers 5 drops that prefix)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text = random_models.randomize_(CLIPTextModel(CLIPTextConfig(**CLIP_TEXT_CONFIG)), seed).state_dict()
+    return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in text.items()}
+
+
+def vae_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    return random_models.randomize_(AutoencoderKL(ddconfig=SD_VAE_CONFIG, embed_dim=4), seed).state_dict()
+
+
+def verify_checkpoint(path: Path, family: str) -> None:
+    """What CheckpointLoaderSimple will do with the file: the right model family, a text encoder, a working VAE."""
     import comfy.sd
 
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path))
-    family = type(model.model.model_config).__name__
-    if family != "SD15" or clip is None or vae is None:
-        raise RuntimeError(f"{path.name} loads as {family}, clip={clip}, vae={vae}; expected SD15 with CLIP and VAE")
+    with LoaderWarnings() as warnings:  # ComfyUI only warns about missing or unexpected weights, and runs on
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path))
+    if warnings.messages:
+        raise RuntimeError(f"{path.name}: ComfyUI's loader warned: {' | '.join(m[:300] for m in warnings.messages)}")
+    detected = type(model.model.model_config).__name__
+    if detected != family or clip is None or vae is None:
+        raise RuntimeError(f"{path.name} loads as {detected}, clip={clip}, vae={vae}; expected {family} with CLIP and VAE")
     pixels = vae.decode(torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
     if not (torch.isfinite(pixels).all() and 0 <= pixels.min() and pixels.max() <= 1 and pixels.std() > 0.05):
         raise RuntimeError(f"{path.name}: the VAE decodes a random latent to values outside [0, 1] or to a flat image")
+
+
+class LoaderWarnings(logging.Handler):
+    """Collects the warnings ComfyUI logs while loading (weights missing, unexpected or ignored)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> "LoaderWarnings":
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        logging.getLogger().removeHandler(self)
 
 
 def write_clip_vision(path: Path) -> None:
@@ -114,16 +170,88 @@ def write_clip_vision(path: Path) -> None:
         raise RuntimeError(f"{path.name} does not load as a ViT-H/14 CLIP vision model")
 
 
-def write_ipadapter(path: Path) -> None:
-    """A base SD1.5 adapter with one to_k_ip/to_v_ip pair per cross-attention layer of the tiny UNet.
+def layer_dims_of(unet_state_dict: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
+    """(processor index, inner dim) of every cross-attention layer, from the pack's own layer map
+    run on the UNet ComfyUI builds from these weights: the adapter matches the model a workflow loads."""
+    import comfy.sd
 
-    The layers come from the pack's own layer map run on the UNet ComfyUI builds from the
-    checkpoint's weights, so the adapter matches the model the workflow actually loads.
-    """
     import_pack()
     from comfyui_ipadapter.ipadapter_core.layer_map import cross_attention_layers
 
-    unet = random_models.tiny_model(SEEDS["unet"]).get_model_object("diffusion_model")
+    unet = comfy.sd.load_diffusion_model_state_dict(unet_state_dict).get_model_object("diffusion_model")
     layer_dims = [(layer.processor_index, layer.inner_dim) for layer in cross_attention_layers(unet)]
     log.info("IP-Adapter layers (processor index, inner dim): %s", layer_dims)
+    return layer_dims
+
+
+def write_ipadapter(path: Path) -> None:
+    """A base SD1.5 adapter (ViT-H image embeds, 4 tokens) for the tiny UNet's cross-attention layers."""
+    layer_dims = layer_dims_of(random_models.tiny_unet_state_dict(SEEDS["unet"]))
     random_models.save_adapter(random_models.adapter_state_dict("base", layer_dims, seed=SEEDS["ipadapter"], dtype=torch.float16), path)
+
+
+def write_ipadapter_plus(path: Path) -> None:
+    """A plus SD1.5 adapter (Resampler on ViT-H hidden states, 16 tokens) for the tiny UNet."""
+    layer_dims = layer_dims_of(random_models.tiny_unet_state_dict(SEEDS["unet"]))
+    adapter = random_models.adapter_state_dict("plus", layer_dims, seed=SEEDS["ipadapter_plus"], dtype=torch.float16)
+    random_models.save_adapter(adapter, path)
+
+
+def write_controlnet(path: Path) -> None:
+    """A ControlNet for the tiny UNet in the `control_model.*` layout of the released .safetensors files."""
+    import comfy.controlnet
+
+    save_file(half(random_models.tiny_controlnet_state_dict(SEEDS["controlnet"]), ""), str(path))
+    if comfy.controlnet.load_controlnet(str(path)) is None:
+        raise RuntimeError(f"{path.name} does not load as a ControlNet")
+
+
+def write_lora(path: Path) -> None:
+    """A kohya LoRA on every linear layer of the tiny UNet's transformer blocks; every layer must apply to the checkpoint's model."""
+    import comfy.lora
+
+    model = random_models.tiny_model(SEEDS["unet"])
+    lora = random_models.lora_state_dict(model, seed=SEEDS["lora"])
+    patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(model.model, {}), log_missing=False)
+    modules = len(lora) // 3  # lora_down, lora_up and alpha per layer
+    if modules == 0 or len(patches) != modules:
+        raise RuntimeError(f"{path.name}: only {len(patches)} of {modules} LoRA layers match a layer of the tiny UNet")
+    save_file(half(lora, ""), str(path))
+
+
+def small_sdxl_unet_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    unet = UNetModel(**SMALL_SDXL_UNET_CONFIG, operations=comfy.ops.disable_weight_init)
+    return random_models.randomize_(unet, seed).state_dict()
+
+
+def sdxl_text_encoders_state_dict() -> dict[str, torch.Tensor]:
+    """CLIP-L and CLIP-G as in sd_xl_base_1.0 (conditioner.embedders.0 transformers, .1 OpenCLIP),
+    converted by ComfyUI's own checkpoint-saving code, the inverse of what its loader does."""
+    import comfy.supported_models
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    clip_g = random_models.randomize_(CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G_TEXT_CONFIG)), SEEDS["sdxl_clip_g"])
+    text = {**half(clip_l_state_dict(SEEDS["sdxl_clip_l"]), "clip_l.transformer."), **half(clip_g.state_dict(), "clip_g.transformer.")}
+    del clip_g
+    saving = comfy.supported_models.SDXL(dict(SMALL_SDXL_UNET_CONFIG))
+    return {k: v.contiguous() for k, v in saving.process_clip_state_dict_for_saving(text).items()}
+
+
+def write_sdxl_checkpoint(path: Path) -> None:
+    """sd_xl_base_1.0 layout: model.diffusion_model / conditioner.embedders / first_stage_model, with the small SDXL UNet."""
+    save_file({
+        **half(small_sdxl_unet_state_dict(SEEDS["sdxl_unet"]), "model.diffusion_model."),
+        **sdxl_text_encoders_state_dict(),
+        **half(vae_state_dict(SEEDS["sdxl_vae"]), "first_stage_model."),
+    }, str(path))
+    verify_checkpoint(path, "SDXL")
+
+
+def write_ipadapter_plus_sdxl(path: Path) -> None:
+    """plus SDXL ViT-H: Resampler (1280 wide, 20 heads) on ViT-H hidden states to 16 tokens of width 2048, for the small SDXL UNet."""
+    layer_dims = layer_dims_of(small_sdxl_unet_state_dict(SEEDS["sdxl_unet"]))
+    adapter = random_models.adapter_state_dict("plus", layer_dims, cross_dim=2048, resampler_heads=20, seed=SEEDS["ipadapter_plus_sdxl"], dtype=torch.float16)
+    random_models.save_adapter(adapter, path)

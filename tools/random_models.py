@@ -207,14 +207,19 @@ def tiny_controlnet_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def lora_state_dict(model_patcher, rank: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A kohya-format LoRA touching every linear layer of the UNet's transformer blocks."""
+    """A kohya-format LoRA touching every linear layer of the UNet's transformer blocks.
+
+    ComfyUI accepts each layer under its LDM name and its diffusers name; kohya's SD1.5 LoRAs
+    use the diffusers ones (lora_unet_down_blocks_0_attentions_0_...), so only those are written.
+    """
     import comfy.lora
 
     r = Randn(seed)
     weights = model_patcher.model.state_dict()
+    kohya = ("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_")
     lora = {}
     for lora_key, weight_key in comfy.lora.model_lora_keys_unet(model_patcher.model, {}).items():
-        if not lora_key.startswith("lora_unet_") or "transformer_blocks" not in lora_key or weights[weight_key].ndim != 2:
+        if not lora_key.startswith(kohya) or "transformer_blocks" not in lora_key or weights[weight_key].ndim != 2:
             continue
         out_dim, in_dim = weights[weight_key].shape
         lora[f"{lora_key}.lora_down.weight"] = r(rank, in_dim, scale=1 / math.sqrt(in_dim))

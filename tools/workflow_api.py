@@ -27,6 +27,7 @@ other than the image upload button.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 MUTED, BYPASSED = 2, 4
@@ -184,3 +185,22 @@ def link_fields(link: list | dict) -> tuple[int, int, int]:
 
 def is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+# Shipped workflows carry the sizes and step counts real checkpoints want; on a CPU with the
+# embedded models, tests and the demo run the same graphs smaller and shorter.
+CPU_LIMITS = {"EmptyLatentImage": {"width": 256, "height": 256}, "KSampler": {"steps": 4}}
+
+
+def shrink_for_cpu(ui_workflow: dict, object_info: dict, limits: dict = CPU_LIMITS) -> dict:
+    """A copy of the UI workflow with the widgets in `limits` capped (image size, steps)."""
+    shrunk = copy.deepcopy(ui_workflow)
+    for node in shrunk["nodes"]:
+        caps = limits.get(node["type"])
+        values = node.get("widgets_values")
+        if not caps or not isinstance(values, list):
+            continue
+        for index, (name, _) in enumerate(widgets(object_info[node["type"]])):
+            if name in caps and index < len(values):
+                values[index] = min(values[index], caps[name])
+    return shrunk

@@ -1,0 +1,82 @@
+"""Installing the pack the way ComfyUI Manager does, then asking the server what it offers.
+
+Manager clones the repository into custom_nodes/, installs its requirements.txt with the
+interpreter that runs ComfyUI (and runs install.py if there is one), then restarts ComfyUI. The
+Comfy Registry reads pyproject.toml. What users then see of the pack is what /object_info tells
+the frontend: node names, categories, descriptions, inputs and their tooltips. A pack that only
+works from a developer's checkout (an ignored file it needs, a dependency missing from
+requirements.txt, an import error swallowed at start-up) fails here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tools.comfy_server import PACK_FOLDER, ComfyServer
+
+REPO = Path(__file__).resolve().parents[1]
+PACK_MODULE = f"custom_nodes.{PACK_FOLDER}"
+CATEGORY = "ipadapter"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Iterator[ComfyServer]:
+    """A server started after a Manager-style install into a fresh base directory (no models needed)."""
+    server = ComfyServer(tmp_path_factory.mktemp("comfyui-manager"), install="copy")
+    server.prepare_base_dir()  # the clone
+    pack = server.base_dir / "custom_nodes" / PACK_FOLDER
+    subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-r", str(pack / "requirements.txt")],
+                   check=True, capture_output=True)
+    if (pack / "install.py").is_file():
+        subprocess.run([sys.executable, "install.py"], cwd=pack, check=True, capture_output=True)
+    with server:  # the restart
+        yield server
+
+
+def test_pyproject_has_what_the_registry_reads():
+    metadata = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = metadata["project"]
+    assert project["name"] == PACK_FOLDER  # the folder name custom_nodes/ gets, which workflows do not depend on but logs do
+    assert all(project.get(key) for key in ("version", "description", "license"))
+    assert {"PublisherId", "DisplayName", "Icon"} <= set(metadata["tool"]["comfy"])
+    assert metadata["tool"]["comfy"]["PublisherId"] and metadata["tool"]["comfy"]["DisplayName"]
+    assert (REPO / "requirements.txt").is_file()
+
+
+@pytest.mark.slow
+def test_the_server_imports_the_installed_copy(installed):
+    """ComfyUI lists each custom node folder with its import time, marked IMPORT FAILED when it raised."""
+    ours = [line for line in installed.log_path.read_text(errors="replace").splitlines() if f"custom_nodes/{PACK_FOLDER}" in line]
+    assert ours and not any("IMPORT FAILED" in line or "Cannot import" in line for line in ours), installed.log_tail()
+
+
+@pytest.mark.slow
+def test_every_node_is_listed_with_its_inputs_and_help(installed, pack):
+    info = installed.object_info()
+    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert name in info, f"{name} is missing from /object_info"
+        listed = info[name]
+        assert listed["python_module"] == PACK_MODULE
+        assert listed["category"] == CATEGORY == cls.CATEGORY
+        assert listed["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[name]
+        assert listed["description"] and listed["description"] == cls.DESCRIPTION
+        assert listed["output"] == list(cls.RETURN_TYPES)
+        assert listed["output_name"] == list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))
+        assert_inputs_listed(name, cls.INPUT_TYPES(), listed)
+
+
+def assert_inputs_listed(name: str, declared: dict, listed: dict) -> None:
+    """Every declared input, in order, with its type and a tooltip (the frontend's hover help)."""
+    for group in ("required", "optional"):
+        specs = declared.get(group, {})
+        assert listed["input_order"].get(group, []) == list(specs), (name, group)
+        for input_name, spec in specs.items():
+            kind, options = listed["input"][group][input_name][0], listed["input"][group][input_name][1]
+            assert kind == spec[0] or (isinstance(spec[0], (list, tuple)) and isinstance(kind, list)), (name, input_name, kind)
+            assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
