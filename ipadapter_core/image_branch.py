@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +19,8 @@ PENALTY_WIDTH = 1280  # "C penalty": the weight is scaled by inner_dim / 1280, g
 
 @dataclass(eq=False)
 class ImageBranch:
-    """Immutable once built; shared by every layer it patches and by every clone of the model.
+    """Its inputs never change once built; it is shared by every layer it patches and by every
+    clone of the model. The two caches hold per-run state and are released after sampling.
 
     cond / uncond: (rows, tokens, width) image tokens; one row serves every latent, several
     rows map row i to latent i (the last row repeats). token_scale: (rows, tokens) factors on
@@ -44,11 +45,11 @@ class ImageBranch:
     gate_cache: list = field(default_factory=lambda: [None, None], repr=False)
     device_cache: dict = field(default_factory=dict, repr=False)
 
-    def on_device(self, name: str, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Upload a prompt tensor once per sampling run and device, not once per layer."""
+    def on_device(self, name: str, make: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """Build and upload a prompt tensor once per sampling run and device, not once per layer."""
         key = (name, device)
         if key not in self.device_cache:
-            self.device_cache[key] = tensor.to(device)
+            self.device_cache[key] = make().to(device)
         return self.device_cache[key]
 
     def release(self) -> None:
@@ -73,11 +74,11 @@ class ImageBranch:
         to the model's compute dtype.
         """
         projection = self.adapter.layer(layer.processor_index)
-        tokens = self.on_device("tokens", torch.cat([self.cond, self.uncond]).float(), device)
+        tokens = self.on_device("tokens", lambda: torch.cat([self.cond, self.uncond]).float(), device)
         keys = tokens @ projection.to_k_ip.weight.to(device, torch.float32).T
         values = tokens @ projection.to_v_ip.weight.to(device, torch.float32).T
         if self.token_scale is not None:
-            values = values * self.on_device("token_scale", torch.cat([self.token_scale, self.token_scale])[..., None], device)
+            values = values * self.on_device("token_scale", lambda: torch.cat([self.token_scale, self.token_scale])[..., None], device)
         keys, values = scale_keys_values(keys, values, self.factor(layer), self.scaling, layer.inner_dim)
         # Rows picked by slicing, and per-latent weights applied as Python numbers: an index or
         # weight tensor would be a host-to-device copy, which waits for the GPU queue.
@@ -106,7 +107,7 @@ class ImageBranch:
                 break
         else:
             raise IPAdapterError(f"Cannot place the attention mask on a layer of {length} tokens for a {height}x{width} latent.")
-        mask = self.on_device("mask", self.mask[:, None].float(), device)
+        mask = self.on_device("mask", lambda: self.mask[:, None].float(), device)
         resized = F.interpolate(mask, size=grid, mode="bilinear", align_corners=False).reshape(-1, length)
         per_latent = torch.cat([resized[min(i, resized.shape[0] - 1)][None] for i in range(chunk)])
         return per_latent.repeat(len(kinds), 1)[..., None].to(dtype)
