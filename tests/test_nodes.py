@@ -101,6 +101,40 @@ def test_sigma_outside_start_end_is_exactly_the_bare_model(comfy, tiny_model, ba
     assert torch.equal(evaluate(comfy, inside, sigma), evaluate(comfy, apply(tiny_model, base, base_prompt), sigma))
 
 
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float8_e4m3fn], ids=["bf16", "fp8"])
+def test_low_precision_model_weights(comfy, base, base_prompt, stored):
+    """A UNet stored in bf16/fp8 is cast to its compute dtype layer by layer (ComfyUI's manual cast);
+    the image branch must follow the compute dtype and give what an fp32 UNet holding the same
+    rounded weights gives."""
+    from tools.random_models import tiny_unet_state_dict
+
+    weights = tiny_unet_state_dict(0)
+    low = comfy.sd.load_diffusion_model_state_dict(dict(weights), model_options={"dtype": stored})
+    rounded = comfy.sd.load_diffusion_model_state_dict({k: v.to(stored).float() for k, v in weights.items()})
+    assert low.model.get_dtype() == stored and low.model.manual_cast_dtype == torch.float32
+    expected = evaluate(comfy, apply(rounded, base, base_prompt))
+    assert relative_error(evaluate(comfy, apply(low, base, base_prompt)), expected) < 1e-6
+    assert relative_error(expected, evaluate(comfy, rounded)) > 1e-3  # the adapter acts
+
+
+def test_bf16_compute(comfy, tiny_model, base, base_prompt, monkeypatch):
+    """With bf16 as the compute dtype (a GPU's usual choice, forced here on the CPU) the image branch
+    runs in bf16 and stays close to fp32."""
+    import comfy.model_management
+
+    weights = {k: v.to(torch.bfloat16) for k, v in tiny_model.model.diffusion_model.state_dict().items()}
+    monkeypatch.setattr(comfy.model_management, "unet_manual_cast", lambda *args, **kwargs: None)
+    low = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": torch.bfloat16})
+    assert low.model.manual_cast_dtype is None
+    seen = []
+    low.set_model_attn2_output_patch(lambda out, extra: seen.append(out.dtype) or out)
+    fp32 = evaluate(comfy, apply(tiny_model, base, base_prompt))
+    bf16 = evaluate(comfy, apply(low, base, base_prompt))
+    assert set(seen) == {torch.bfloat16}
+    assert relative_error(bf16, fp32) < 2e-2
+    assert relative_error(bf16, evaluate(comfy, low)) > 10 * relative_error(bf16, fp32)  # the adapter acts, beyond rounding
+
+
 def test_two_adapters_with_weights_w_and_zero_equal_one(comfy, tiny_model, base, base_prompt, small_clip_vision):
     other = load("tiny_other.safetensors")
     other_prompt = encode(other, small_clip_vision, seed=1)
