@@ -48,6 +48,9 @@ OUTPUTS = {
     "prepare_reference": (256, 256, 1),
     "weight_schedule": (256, 256, 4),
     "load_image_prompt": (256, 256, 1),
+    "layer_weights": (256, 256, 1),
+    "wide_reference": (256, 256, 1),
+    "unfold_batch": (256, 256, 2),
 }
 SAVE_PROMPT = "save_image_prompt"  # writes an .imageprompt file, no image
 WEIGHT_WIDGETS = {"ApplyIPAdapter": ("weight", "composition_weight"), "IPAdapter": ("weight",)}
