@@ -110,6 +110,7 @@ def test_refuses_unsafe_pickle(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the plain pickle before refusing it
 def test_refuses_plain_pickle_of_code(tmp_path):
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps(Exploit(tmp_path / "pwned2")))
