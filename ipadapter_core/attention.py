@@ -102,7 +102,7 @@ class ImageKeysValues:
             out = out + branch
         return out.reshape(shape)
 
-    def add_fused(self, text_out, q, value_scale, masks):
+    def add_fused(self, text_out: torch.Tensor, q: torch.Tensor, value_scale: torch.Tensor | None, masks: Sequence[torch.Tensor | None] | None) -> torch.Tensor:
         scores = torch.bmm(q, self.key_blocks)
         if len(set(self.token_counts)) == 1:
             probs = scores.unflatten(-1, (-1, self.token_counts[0])).softmax(dim=-1).flatten(-2)

@@ -96,7 +96,7 @@ class ImageBranch:
         """Whether latents of one pass see different tokens or weights (one key/value row per latent)."""
         return self.cond.shape[0] > 1 or self.latent_weights is not None
 
-    def query_mask(self, length: int, latent_size: Sequence[int], kinds: Sequence[int], chunk: int, device, dtype) -> torch.Tensor | None:
+    def query_mask(self, length: int, latent_size: Sequence[int], kinds: Sequence[int], chunk: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
         """The mask at this layer's token grid, (batch, length, 1) in the sampler's batch order."""
         if self.mask is None:
             return None

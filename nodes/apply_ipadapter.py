@@ -7,9 +7,11 @@ from comfy.model_patcher import ModelPatcher
 
 from ..ipadapter_core.errors import IPAdapterError
 from ..ipadapter_core.image_branch import SCALING_MODES, ImageBranch
-from ..ipadapter_core.layer_map import cross_attention_layers, match_adapter
+from ..ipadapter_core.image_prompt import ImagePrompt
+from ..ipadapter_core.layer_map import LayerKey, cross_attention_layers, match_adapter
 from ..ipadapter_core.layer_weights import WEIGHT_TYPES, apply_layer_spec, composition_factors, layer_factors
 from .attention_patch import install_branch
+from .load_ipadapter import LoadedIPAdapter
 
 ADDITIONAL_MODELS_KEY = "ipadapter"
 
@@ -26,7 +28,7 @@ class ApplyIPAdapter:
     FUNCTION = "apply"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "An SD1.5 or SDXL model matching the adapter."}),
@@ -51,8 +53,8 @@ class ApplyIPAdapter:
     def apply(
         self,
         model: ModelPatcher,
-        ipadapter,
-        image_prompt,
+        ipadapter: LoadedIPAdapter,
+        image_prompt: ImagePrompt,
         weight: float,
         start_at: float,
         end_at: float,
@@ -60,11 +62,11 @@ class ApplyIPAdapter:
         embeds_scaling: str = "V only",
         attn_mask: torch.Tensor | None = None,
         unfold_batch: bool = False,
-        weight_schedule=None,
-        composition_image_prompt=None,
+        weight_schedule: tuple[float, ...] | None = None,
+        composition_image_prompt: ImagePrompt | None = None,
         composition_weight: float = 1.0,
         layer_weights: str = "",
-    ):
+    ) -> tuple[ModelPatcher]:
         layers = match_adapter(cross_attention_layers(model.get_model_object("diffusion_model")), ipadapter.model.spec)
         if composition_image_prompt is not None and weight_type != "style and composition":
             raise IPAdapterError("composition_image_prompt is used only with weight_type 'style and composition'; pick that weight type or disconnect it.")
@@ -90,7 +92,7 @@ class ApplyIPAdapter:
         return (patched,)
 
 
-def make_branch(ipadapter, prompt, weight: float, factors, unfold: bool, **options) -> ImageBranch:
+def make_branch(ipadapter: LoadedIPAdapter, prompt: ImagePrompt, weight: float, factors: dict[LayerKey, float] | None, unfold: bool, **options) -> ImageBranch:
     prompt.check_made_by(ipadapter.model)
     if options["scaling"] not in SCALING_MODES:
         raise IPAdapterError(f"Unknown embeds_scaling {options['scaling']!r}; choose one of {', '.join(SCALING_MODES)}.")
@@ -98,7 +100,7 @@ def make_branch(ipadapter, prompt, weight: float, factors, unfold: bool, **optio
     return ImageBranch(adapter=ipadapter.model, cond=cond, uncond=uncond, weight=weight, token_scale=token_scale, layer_weights=factors, **options)
 
 
-def register_adapter(patched: ModelPatcher, ipadapter) -> None:
+def register_adapter(patched: ModelPatcher, ipadapter: LoadedIPAdapter) -> None:
     """Hand the adapter weights to ComfyUI's model management: loaded and offloaded with the UNet."""
     adapters = patched.get_additional_models_with_key(ADDITIONAL_MODELS_KEY)
     if not any(m.model is ipadapter.patcher.model for m in adapters):

@@ -14,7 +14,7 @@ class CombineImagePrompts:
     FUNCTION = "combine"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         prompt = ("IMAGE_PROMPT", {"tooltip": "From Encode Image Prompt (all from the same adapter)."})
         return {
             "required": {
@@ -25,6 +25,6 @@ class CombineImagePrompts:
             "optional": {"image_prompt_3": prompt, "image_prompt_4": prompt},
         }
 
-    def combine(self, image_prompt_1, image_prompt_2, method, image_prompt_3=None, image_prompt_4=None):
+    def combine(self, image_prompt_1, image_prompt_2, method, image_prompt_3=None, image_prompt_4=None) -> tuple:
         prompts = [p for p in (image_prompt_1, image_prompt_2, image_prompt_3, image_prompt_4) if p is not None]
         return (combine_prompts(prompts, method),)

@@ -22,7 +22,7 @@ class EncodeImagePrompt:
     FUNCTION = "encode"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "ipadapter": ("IPADAPTER", {"tooltip": "From Load IP-Adapter; the same one must go to Apply IP-Adapter."}),
@@ -37,7 +37,7 @@ class EncodeImagePrompt:
             },
         }
 
-    def encode(self, ipadapter, clip_vision, image, negative_image=None, combine="concat", image_weights="", crop="center"):
+    def encode(self, ipadapter, clip_vision, image, negative_image=None, combine="concat", image_weights="", crop="center") -> tuple:
         encoder = comfy_encoder(clip_vision, ipadapter.model.spec)
         comfy.model_management.load_model_gpu(ipadapter.patcher)
         weights = parse_weights(image_weights, image.shape[0] if image.ndim == 4 else 1)

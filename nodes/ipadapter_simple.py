@@ -16,7 +16,7 @@ class IPAdapter:
     FUNCTION = "apply"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         encode = EncodeImagePrompt.INPUT_TYPES()["required"]
         apply = ApplyIPAdapter.INPUT_TYPES()
         return {
@@ -32,6 +32,6 @@ class IPAdapter:
             }
         }
 
-    def apply(self, model, ipadapter, clip_vision, image, weight, weight_type, start_at, end_at):
+    def apply(self, model, ipadapter, clip_vision, image, weight, weight_type, start_at, end_at) -> tuple:
         (prompt,) = EncodeImagePrompt().encode(ipadapter, clip_vision, image)
         return ApplyIPAdapter().apply(model, ipadapter, prompt, weight, start_at, end_at, weight_type=weight_type)

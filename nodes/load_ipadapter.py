@@ -41,14 +41,14 @@ class LoadIPAdapter:
     FUNCTION = "load"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "ipadapter_file": (folder_paths.get_filename_list(FOLDER), {"tooltip": "A file from models/ipadapter (.safetensors or .bin)."}),
             }
         }
 
-    def load(self, ipadapter_file: str):
+    def load(self, ipadapter_file: str) -> tuple:
         path = folder_paths.get_full_path_or_raise(FOLDER, ipadapter_file)
         model = IPAdapterModel.load(path)
         logging.info("IP-Adapter %s: %s", ipadapter_file, model.spec.description)

@@ -17,7 +17,7 @@ class MakeNegativeImage:
     FUNCTION = "make"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "The reference image(s); sets the size and batch, and is what blur and shuffle start from."}),
@@ -27,5 +27,5 @@ class MakeNegativeImage:
             }
         }
 
-    def make(self, image, kind="noise", strength=1.0, seed=0):
+    def make(self, image, kind="noise", strength=1.0, seed=0) -> tuple:
         return (negative_image(image, kind=kind, strength=strength, seed=seed),)

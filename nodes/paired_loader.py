@@ -29,10 +29,10 @@ class LoadIPAdapterAndEncoder:
     FUNCTION = "load"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {"required": {"ipadapter_file": LoadIPAdapter.INPUT_TYPES()["required"]["ipadapter_file"]}}
 
-    def load(self, ipadapter_file: str):
+    def load(self, ipadapter_file: str) -> tuple:
         (adapter,) = LoadIPAdapter().load(ipadapter_file)
         spec = adapter.model.spec
         files = [folder_paths.get_full_path(CLIP_VISION_FOLDER, name) for name in folder_paths.get_filename_list(CLIP_VISION_FOLDER)]

@@ -17,7 +17,7 @@ class PrepareImageForClip:
     FUNCTION = "prepare"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "Reference image(s). RGBA and grayscale are converted to RGB."}),
@@ -28,5 +28,5 @@ class PrepareImageForClip:
             }
         }
 
-    def prepare(self, image, interpolation="bicubic", crop_position="center", sharpening=0.0, size=224):
+    def prepare(self, image, interpolation="bicubic", crop_position="center", sharpening=0.0, size=224) -> tuple:
         return (prepare_reference(image, size=size, interpolation=interpolation, crop_position=crop_position, sharpening=sharpening),)

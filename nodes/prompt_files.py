@@ -21,7 +21,7 @@ class SaveImagePrompt:
     FUNCTION = "save"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "image_prompt": ("IMAGE_PROMPT", {"tooltip": "From Encode Image Prompt or Combine Image Prompts."}),
@@ -29,7 +29,7 @@ class SaveImagePrompt:
             }
         }
 
-    def save(self, image_prompt, filename_prefix="image_prompts/ipadapter"):
+    def save(self, image_prompt, filename_prefix="image_prompts/ipadapter") -> tuple:
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
         file = f"{filename}_{counter:05}_{EXTENSION}"
         save_image_prompt(image_prompt, os.path.join(folder, file))
@@ -45,12 +45,12 @@ class LoadImagePrompt:
     FUNCTION = "load"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         folder = folder_paths.get_input_directory()
         files = [f for f in os.listdir(folder) if f.endswith(EXTENSION) and os.path.isfile(os.path.join(folder, f))]
         return {"required": {"image_prompt_file": (sorted(files), {"tooltip": f"A {EXTENSION} file in ComfyUI's input folder."})}}
 
-    def load(self, image_prompt_file):
+    def load(self, image_prompt_file) -> tuple:
         return (load_image_prompt(folder_paths.get_annotated_filepath(image_prompt_file)),)
 
     @classmethod

@@ -20,7 +20,7 @@ class IPAdapterWeightSchedule:
     FUNCTION = "schedule"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
                 "frames": ("INT", {"default": 16, "min": 1, "max": 4096, "tooltip": "Number of values: usually the latent batch size."}),
@@ -33,6 +33,6 @@ class IPAdapterWeightSchedule:
             },
         }
 
-    def schedule(self, frames, start, end, method, custom=""):
+    def schedule(self, frames, start, end, method, custom="") -> tuple:
         values = parse_schedule(custom) if custom.strip() else weight_schedule(frames, start, end, method)
         return (values, format_schedule(values))
