@@ -1,4 +1,4 @@
-"""Running one model evaluation through ComfyUI's real sampler and reading what it predicted."""
+"""Shared test helpers: one model evaluation through ComfyUI's real sampler and what it predicted, inputs, node instances."""
 
 from __future__ import annotations
 
@@ -39,3 +39,10 @@ def predict_noise(comfy, model, noise: torch.Tensor, sigma: float, positive, neg
 def conditioning(seed: int, batch: int = 1, tokens: int = 77, width: int = 768):
     generator = torch.Generator().manual_seed(seed)
     return [[torch.randn(batch, tokens, width, generator=generator), {}]]
+
+
+def node(name: str):
+    """A fresh instance of one of the pack's node classes, as ComfyUI makes one per execution."""
+    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
+
+    return NODE_CLASS_MAPPINGS[name]()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import conditioning, predict_noise, relative_error
+from helpers import conditioning, node, predict_noise, relative_error
 from tools.random_models import adapter_state_dict, meta_model, save_adapter
 
 
@@ -18,12 +18,6 @@ def adapters(pack, tmp_path_factory, tiny_layer_dims):
     save_adapter(adapter_state_dict("plus", tiny_layer_dims, seed=52), folder / "controls_b.safetensors")
     folder_paths.add_model_folder_path("ipadapter", str(folder))
     return {name: node("LoadIPAdapter").load(f"controls_{name}.safetensors")[0] for name in ("a", "b")}
-
-
-def node(name):
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
-
-    return NODE_CLASS_MAPPINGS[name]()
 
 
 def images(seed, count=1, height=96, width=128):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import conditioning, predict_noise, relative_error
+from helpers import conditioning, node, predict_noise, relative_error
 from tools.random_models import SD15_LAYER_DIMS, adapter_state_dict, save_adapter
 
 
@@ -22,12 +22,6 @@ def adapter_folder(pack, tmp_path_factory, tiny_layer_dims):
     save_adapter(adapter_state_dict("base", SD15_LAYER_DIMS, seed=25), folder / "ip-adapter_sd15.safetensors")
     folder_paths.add_model_folder_path("ipadapter", str(folder))
     return folder
-
-
-def node(name):
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
-
-    return NODE_CLASS_MAPPINGS[name]()
 
 
 def load(file_name):

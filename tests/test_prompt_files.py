@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import conditioning, predict_noise
+from helpers import conditioning, node, predict_noise
 from ipadapter_core.errors import IPAdapterError
 from ipadapter_core.image_prompt import ImagePrompt
 from ipadapter_core.prompt_file import load_image_prompt, save_image_prompt
@@ -137,12 +137,6 @@ def test_save_refuses_what_is_not_a_prompt(tmp_path):
 
 
 # --- in ComfyUI -----------------------------------------------------------------------------
-
-
-def node(name):
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
-
-    return NODE_CLASS_MAPPINGS[name]()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import conditioning, predict_noise
+from helpers import conditioning, node, predict_noise
 from ipadapter_core.errors import IPAdapterError
 from ipadapter_core.schedules import SCHEDULE_METHODS, format_schedule, parse_schedule, weight_schedule
 from tools.random_models import adapter_state_dict, save_adapter
@@ -64,12 +64,6 @@ def test_bad_arguments():
 
 
 # --- in ComfyUI -----------------------------------------------------------------------------
-
-
-def node(name):
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
-
-    return NODE_CLASS_MAPPINGS[name]()
 
 
 def test_node_outputs(pack):
