@@ -75,7 +75,7 @@ def apply_adapters(model, adapters):
     from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
 
     for adapter, prompt in adapters:
-        model = NODE_CLASS_MAPPINGS["ApplyIPAdapter"]().apply(model, adapter, prompt, 1.0, 0.0, 1.0)[0]
+        model = NODE_CLASS_MAPPINGS["ExactApplyIPAdapter"]().apply(model, adapter, prompt, 1.0, 0.0, 1.0)[0]
     return model
 
 
@@ -180,7 +180,7 @@ def one_off_costs(comfy, encoder: bool) -> dict:
 
         clip_vision = comfy.clip_vision.load_clipvision_from_sd(random_models.clip_vision_state_dict("vit-h", seed=5, dtype=torch.float16))
         image = torch.rand(1, 512, 512, 3)
-        encode = NODE_CLASS_MAPPINGS["EncodeImagePrompt"]()
+        encode = NODE_CLASS_MAPPINGS["ExactEncodeImagePrompt"]()
         encode.encode(adapter, clip_vision, image)
         times = []
         for _ in range(3):

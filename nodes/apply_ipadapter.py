@@ -12,6 +12,7 @@ from ..ipadapter_core.layer_map import LayerKey, cross_attention_layers, match_a
 from ..ipadapter_core.layer_weights import WEIGHT_TYPES, apply_layer_spec, composition_factors, layer_factors
 from .attention_patch import install_branch
 from .load_ipadapter import LoadedIPAdapter
+from .socket_types import IMAGE_PROMPT, IPADAPTER, WEIGHT_SCHEDULE
 
 ADDITIONAL_MODELS_KEY = "ipadapter"
 
@@ -32,8 +33,8 @@ class ApplyIPAdapter:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "An SD1.5 or SDXL model matching the adapter."}),
-                "ipadapter": ("IPADAPTER", {"tooltip": "From Load IP-Adapter."}),
-                "image_prompt": ("IMAGE_PROMPT", {"tooltip": "From Encode Image Prompt, made with the same adapter."}),
+                "ipadapter": (IPADAPTER, {"tooltip": "From Load IP-Adapter."}),
+                "image_prompt": (IMAGE_PROMPT, {"tooltip": "From Encode Image Prompt, made with the same adapter."}),
                 "weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05, "tooltip": "Strength of the image prompt (λ). 0 leaves the model unchanged."}),
                 "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of the sampling schedule where the image prompt starts acting."}),
                 "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of the sampling schedule where it stops."}),
@@ -43,8 +44,8 @@ class ApplyIPAdapter:
                 "embeds_scaling": (list(SCALING_MODES), {"default": "V only", "tooltip": "Where the weight enters the attention. V only is the paper's formula."}),
                 "attn_mask": ("MASK", {"tooltip": "The image prompt acts only where the mask is 1 (resized to every layer). One mask, or one per latent."}),
                 "unfold_batch": ("BOOLEAN", {"default": False, "tooltip": "Reference i goes to latent i (the last repeats) instead of all references to every latent."}),
-                "weight_schedule": ("IPADAPTER_WEIGHTS", {"tooltip": "Per-latent factors on the weight (animation), the last repeating."}),
-                "composition_image_prompt": ("IMAGE_PROMPT", {"tooltip": "With weight_type 'style and composition': the prompt for the composition layers (default: image_prompt)."}),
+                "weight_schedule": (WEIGHT_SCHEDULE, {"tooltip": "Per-latent factors on the weight (animation), the last repeating."}),
+                "composition_image_prompt": (IMAGE_PROMPT, {"tooltip": "With weight_type 'style and composition': the prompt for the composition layers (default: image_prompt)."}),
                 "composition_weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05, "tooltip": "With 'style and composition': the weight of the composition layers."}),
                 "layer_weights": ("STRING", {"default": "", "tooltip": "Power users: per-layer factors applied after weight_type, e.g. 'all:0, style:1, output 4:0.5, middle 0.3:0'."}),
             },

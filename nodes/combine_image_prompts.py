@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from ..ipadapter_core.image_prompt import PROMPT_COMBINE_METHODS, combine_prompts
+from .socket_types import IMAGE_PROMPT
 
 
 class CombineImagePrompts:
     DESCRIPTION = "Merges image prompts made by the same adapter: concatenate their references, or average, add or subtract their tokens."
     CATEGORY = "ipadapter"
-    RETURN_TYPES = ("IMAGE_PROMPT",)
+    RETURN_TYPES = (IMAGE_PROMPT,)
     RETURN_NAMES = ("image_prompt",)
     OUTPUT_TOOLTIPS = ("One image prompt for Apply IP-Adapter, tied to the same adapter.",)
     FUNCTION = "combine"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        prompt = ("IMAGE_PROMPT", {"tooltip": "From Encode Image Prompt (all from the same adapter)."})
+        prompt = (IMAGE_PROMPT, {"tooltip": "From Encode Image Prompt (all from the same adapter)."})
         return {
             "required": {
                 "image_prompt_1": prompt,

@@ -8,6 +8,7 @@ import comfy.model_management
 
 from ..ipadapter_core.encoding import COMBINE_METHODS, CROP_MODES, encode_image_prompt, parse_weights
 from .clip_vision import comfy_encoder
+from .socket_types import IMAGE_PROMPT, IPADAPTER
 
 
 class EncodeImagePrompt:
@@ -16,7 +17,7 @@ class EncodeImagePrompt:
         "one batch are combined by concatenating their tokens unless another combine method is chosen."
     )
     CATEGORY = "ipadapter"
-    RETURN_TYPES = ("IMAGE_PROMPT",)
+    RETURN_TYPES = (IMAGE_PROMPT,)
     RETURN_NAMES = ("image_prompt",)
     OUTPUT_TOOLTIPS = ("Conditional and unconditional image tokens, tied to the adapter that made them.",)
     FUNCTION = "encode"
@@ -25,7 +26,7 @@ class EncodeImagePrompt:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "ipadapter": ("IPADAPTER", {"tooltip": "From Load IP-Adapter; the same one must go to Apply IP-Adapter."}),
+                "ipadapter": (IPADAPTER, {"tooltip": "From Load IP-Adapter; the same one must go to Apply IP-Adapter."}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": "From Load CLIP Vision: the encoder the adapter was trained with (ViT-H/14 for most)."}),
                 "image": ("IMAGE", {"tooltip": "Reference image(s). RGBA and grayscale are converted; non-square images are centre-cropped (see crop, or Prepare Image For CLIP)."}),
             },

@@ -1,4 +1,4 @@
-"""Load IP-Adapter: a file from models/ipadapter -> IPADAPTER."""
+"""Load IP-Adapter: a file from models/ipadapter -> EXACT_IPADAPTER."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from comfy.model_patcher import ModelPatcher
 
 from ..ipadapter_core.adapter import IPAdapterModel
 from .folders import FOLDER
+from .socket_types import IPADAPTER
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def wrap_adapter(model: IPAdapterModel, name: str) -> LoadedIPAdapter:
 class LoadIPAdapter:
     DESCRIPTION = "Loads an IP-Adapter file. The variant (base, plus, full-face, SD1.5 or SDXL) is read from the weights."
     CATEGORY = "ipadapter"
-    RETURN_TYPES = ("IPADAPTER",)
+    RETURN_TYPES = (IPADAPTER,)
     RETURN_NAMES = ("ipadapter",)
     OUTPUT_TOOLTIPS = ("The adapter, to connect to Encode Image Prompt and Apply IP-Adapter.",)
     FUNCTION = "load"

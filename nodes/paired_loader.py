@@ -10,6 +10,7 @@ import folder_paths
 from ..ipadapter_core.encoder_files import find_encoder
 from ..ipadapter_core.errors import IPAdapterError
 from .load_ipadapter import LoadIPAdapter
+from .socket_types import IPADAPTER
 
 CLIP_VISION_FOLDER = "clip_vision"
 
@@ -20,7 +21,7 @@ class LoadIPAdapterAndEncoder:
         "by reading both files' weights (file names play no role)."
     )
     CATEGORY = "ipadapter"
-    RETURN_TYPES = ("IPADAPTER", "CLIP_VISION")
+    RETURN_TYPES = (IPADAPTER, "CLIP_VISION")
     RETURN_NAMES = ("ipadapter", "clip_vision")
     OUTPUT_TOOLTIPS = (
         "The adapter, to connect to Encode Image Prompt and Apply IP-Adapter.",

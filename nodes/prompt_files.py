@@ -8,6 +8,7 @@ import os
 import folder_paths
 
 from ..ipadapter_core.prompt_file import EXTENSION, load_image_prompt, save_image_prompt
+from .socket_types import IMAGE_PROMPT
 
 
 class SaveImagePrompt:
@@ -24,7 +25,7 @@ class SaveImagePrompt:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "image_prompt": ("IMAGE_PROMPT", {"tooltip": "From Encode Image Prompt or Combine Image Prompts."}),
+                "image_prompt": (IMAGE_PROMPT, {"tooltip": "From Encode Image Prompt or Combine Image Prompts."}),
                 "filename_prefix": ("STRING", {"default": "image_prompts/ipadapter", "tooltip": "Path inside the output folder; a counter and the extension are appended."}),
             }
         }
@@ -39,7 +40,7 @@ class SaveImagePrompt:
 class LoadImagePrompt:
     DESCRIPTION = f"Loads a {EXTENSION} file saved by Save Image Prompt from ComfyUI's input folder."
     CATEGORY = "ipadapter"
-    RETURN_TYPES = ("IMAGE_PROMPT",)
+    RETURN_TYPES = (IMAGE_PROMPT,)
     RETURN_NAMES = ("image_prompt",)
     OUTPUT_TOOLTIPS = ("The saved tokens; apply them with the same adapter that encoded them.",)
     FUNCTION = "load"

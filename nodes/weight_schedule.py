@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..ipadapter_core.schedules import SCHEDULE_METHODS, format_schedule, parse_schedule, weight_schedule
+from .socket_types import WEIGHT_SCHEDULE
 
 
 class IPAdapterWeightSchedule:
@@ -11,7 +12,7 @@ class IPAdapterWeightSchedule:
         "frames of a batch (animation). Latents past the end of the schedule use its last value."
     )
     CATEGORY = "ipadapter"
-    RETURN_TYPES = ("IPADAPTER_WEIGHTS", "STRING")
+    RETURN_TYPES = (WEIGHT_SCHEDULE, "STRING")
     RETURN_NAMES = ("weight_schedule", "values")
     OUTPUT_TOOLTIPS = (
         "Connect to Apply IP-Adapter's weight_schedule.",

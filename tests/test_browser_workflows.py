@@ -53,7 +53,7 @@ OUTPUTS = {
     "unfold_batch": (256, 256, 2),
 }
 SAVE_PROMPT = "save_image_prompt"  # writes an .imageprompt file, no image
-WEIGHT_WIDGETS = {"ApplyIPAdapter": ("weight", "composition_weight"), "IPAdapter": ("weight",)}
+WEIGHT_WIDGETS = {"ExactApplyIPAdapter": ("weight", "composition_weight"), "ExactIPAdapter": ("weight",)}
 
 
 def workflow_path(name: str) -> Path:
@@ -86,7 +86,7 @@ def provide_saved_image_prompt(server: ComfyServer, base: Path) -> None:
     object_info = server.object_info()
     history = server.wait(server.queue(ui_to_api(load(SAVE_PROMPT, object_info), object_info)), timeout=RUN_TIMEOUT)
     (saved,) = [ref for node in history["outputs"].values() for ref in node.get("image_prompts", [])]
-    loader = next(n for n in load("load_image_prompt", object_info)["nodes"] if n["type"] == "LoadImagePrompt")
+    loader = next(n for n in load("load_image_prompt", object_info)["nodes"] if n["type"] == "ExactLoadImagePrompt")
     shutil.copy2(base / "output" / saved["subfolder"] / saved["filename"], base / "input" / loader["widgets_values"][0])
 
 

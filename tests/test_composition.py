@@ -30,15 +30,15 @@ def run_graph(comfy, tiny_model, clip_vision, ipadapter_weight=1.0, lora_strengt
 
     from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS as ours
 
-    adapter = ours["LoadIPAdapter"]().load("composition.safetensors")[0]
+    adapter = ours["ExactLoadIPAdapter"]().load("composition.safetensors")[0]
     reference = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(44))
-    prompt = ours["EncodeImagePrompt"]().encode(adapter, clip_vision, reference)[0]
+    prompt = ours["ExactEncodeImagePrompt"]().encode(adapter, clip_vision, reference)[0]
 
     def lora(m):
         return stock.LoraLoaderModelOnly().load_lora_model_only(m, "random_lora.safetensors", lora_strength)[0]
 
     def ipadapter(m):
-        return ours["ApplyIPAdapter"]().apply(m, adapter, prompt, ipadapter_weight, 0.0, 1.0)[0]
+        return ours["ExactApplyIPAdapter"]().apply(m, adapter, prompt, ipadapter_weight, 0.0, 1.0)[0]
 
     model = ipadapter(lora(tiny_model)) if lora_first else lora(ipadapter(tiny_model))
     control_net = stock.ControlNetLoader().load_controlnet("random_controlnet.safetensors")[0]

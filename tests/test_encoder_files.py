@@ -192,7 +192,7 @@ def comfy_model_folders(pack, tmp_path, tiny_layer_dims):
 def node():
     from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
 
-    return NODE_CLASS_MAPPINGS["LoadIPAdapterAndEncoder"]()
+    return NODE_CLASS_MAPPINGS["ExactLoadIPAdapterAndEncoder"]()
 
 
 def test_node_inputs_match_load_ipadapter(comfy_model_folders):
@@ -243,5 +243,5 @@ def test_node_loads_the_fitting_encoder_end_to_end(comfy_model_folders):
     adapter, clip_vision = node().load("encoder_files_base.safetensors")
     assert adapter.model.spec.encoder_name == "CLIP ViT-H/14"
     assert torch.equal(clip_vision.model.visual_projection.weight.detach().cpu(), projection.float())
-    prompt = NODE_CLASS_MAPPINGS["EncodeImagePrompt"]().encode(adapter, clip_vision, torch.rand(1, 64, 96, 3))[0]
+    prompt = NODE_CLASS_MAPPINGS["ExactEncodeImagePrompt"]().encode(adapter, clip_vision, torch.rand(1, 64, 96, 3))[0]
     assert prompt.cond.shape == (1, 4, 768) and torch.isfinite(prompt.cond).all()

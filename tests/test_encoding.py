@@ -89,7 +89,7 @@ def test_image_prompt_matches_diffusers_encode_image(pack, vit_h, kind):
     state = random_models.adapter_state_dict(kind, random_models.SD15_LAYER_DIMS[:1], seed=32)
     adapter = wrap_adapter(IPAdapterModel.from_weights(split_adapter_weights(state)), "adapter")
     images = image(33, (2, 256, 320, 3))
-    prompt = NODE_CLASS_MAPPINGS["EncodeImagePrompt"]().encode(adapter, clip_vision, images)[0]
+    prompt = NODE_CLASS_MAPPINGS["ExactEncodeImagePrompt"]().encode(adapter, clip_vision, images)[0]
 
     projection = UNet2DConditionModel._convert_ip_adapter_image_proj_to_diffusers(None, state["image_proj"], low_cpu_mem_usage=False)
     hidden = kind != "base"

@@ -89,7 +89,7 @@ def test_bad_inputs(kwargs, message):
 def test_node(pack):
     from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
 
-    node = NODE_CLASS_MAPPINGS["MakeNegativeImage"]
+    node = NODE_CLASS_MAPPINGS["ExactMakeNegativeImage"]
     inputs = node.INPUT_TYPES()["required"]
     assert list(inputs) == ["image", "kind", "strength", "seed"]
     assert inputs["kind"][1]["default"] == "noise" and inputs["strength"][1]["default"] == 1.0

@@ -109,8 +109,8 @@ def test_bad_inputs(kwargs, message):
 def test_node(pack):
     from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-    node = NODE_CLASS_MAPPINGS["PrepareImageForClip"]
-    assert NODE_DISPLAY_NAME_MAPPINGS["PrepareImageForClip"] == "Prepare Image For CLIP (IP-Adapter)"
+    node = NODE_CLASS_MAPPINGS["ExactPrepareImageForClip"]
+    assert NODE_DISPLAY_NAME_MAPPINGS["ExactPrepareImageForClip"] == "Prepare Image For CLIP (IP-Adapter)"
     inputs = node.INPUT_TYPES()["required"]
     assert list(inputs) == ["image", "interpolation", "crop_position", "sharpening", "size"]
     assert inputs["interpolation"][1]["default"] == "bicubic" and inputs["crop_position"][1]["default"] == "center"

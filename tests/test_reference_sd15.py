@@ -84,7 +84,7 @@ def test_matches_diffusers(comfy, pack, sd15, tmp_path, name):
     adapter = wrap_adapter(IPAdapterModel.load(path), path.name)
     cond_features, uncond_features = features(variant["kind"], variant["clip_dim"], variant["seed"])
     prompt = ImagePrompt(adapter.model.project(cond_features), adapter.model.project(uncond_features), adapter.model.identity, "")
-    (patched,) = NODE_CLASS_MAPPINGS["ApplyIPAdapter"]().apply(model, adapter, prompt, 1.0, 0.0, 1.0)
+    (patched,) = NODE_CLASS_MAPPINGS["ExactApplyIPAdapter"]().apply(model, adapter, prompt, 1.0, 0.0, 1.0)
 
     positive, negative = conditioning(1), conditioning(2)
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))

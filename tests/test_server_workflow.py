@@ -79,8 +79,8 @@ def test_shipped_workflow_converts_to_the_expected_prompt(object_info):
     prompt = ui_to_api(load_workflow(), object_info)
 
     assert {k: v["class_type"] for k, v in prompt.items()} == {
-        "1": "CheckpointLoaderSimple", "2": "LoadIPAdapter", "3": "CLIPVisionLoader", "4": "LoadImage",
-        "5": "CLIPTextEncode", "6": "CLIPTextEncode", "7": "EncodeImagePrompt", "8": "ApplyIPAdapter",
+        "1": "CheckpointLoaderSimple", "2": "ExactLoadIPAdapter", "3": "CLIPVisionLoader", "4": "LoadImage",
+        "5": "CLIPTextEncode", "6": "CLIPTextEncode", "7": "ExactEncodeImagePrompt", "8": "ExactApplyIPAdapter",
         "9": "EmptyLatentImage", "10": "KSampler", "11": "VAEDecode", "12": "SaveImage",
     }  # the Note (13) is frontend-only
     assert prompt["10"]["inputs"] == {
@@ -161,14 +161,14 @@ def test_widgets_turned_into_sockets(object_info):
 @pytest.mark.slow
 def test_server_lists_the_pack_nodes(server):
     info = server.object_info()
-    assert info["ApplyIPAdapter"]["python_module"] == "custom_nodes.comfyui-ipadapter"  # the installed copy
-    assert "ip-adapter_sd15.safetensors" in info["LoadIPAdapter"]["input"]["required"]["ipadapter_file"][0]
-    assert info["LoadIPAdapter"]["output"] == ["IPADAPTER"]
-    assert info["EncodeImagePrompt"]["input_order"]["required"] == ["ipadapter", "clip_vision", "image"]
-    assert "negative_image" in info["EncodeImagePrompt"]["input_order"]["optional"]
-    assert info["EncodeImagePrompt"]["output"] == ["IMAGE_PROMPT"]
-    assert info["ApplyIPAdapter"]["input_order"]["required"] == ["model", "ipadapter", "image_prompt", "weight", "start_at", "end_at"]
-    assert info["ApplyIPAdapter"]["output"] == ["MODEL"]
+    assert info["ExactApplyIPAdapter"]["python_module"] == "custom_nodes.comfyui-ipadapter"  # the installed copy
+    assert "ip-adapter_sd15.safetensors" in info["ExactLoadIPAdapter"]["input"]["required"]["ipadapter_file"][0]
+    assert info["ExactLoadIPAdapter"]["output"] == ["EXACT_IPADAPTER"]
+    assert info["ExactEncodeImagePrompt"]["input_order"]["required"] == ["ipadapter", "clip_vision", "image"]
+    assert "negative_image" in info["ExactEncodeImagePrompt"]["input_order"]["optional"]
+    assert info["ExactEncodeImagePrompt"]["output"] == ["EXACT_IMAGE_PROMPT"]
+    assert info["ExactApplyIPAdapter"]["input_order"]["required"] == ["model", "ipadapter", "image_prompt", "weight", "start_at", "end_at"]
+    assert info["ExactApplyIPAdapter"]["output"] == ["MODEL"]
     assert "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors" in info["CLIPVisionLoader"]["input"]["required"]["clip_name"][0]
     assert b"<div id=\"vue-app\"" in server.request("/")  # the frontend is served, for checks in a browser
 

@@ -1,0 +1,11 @@
+"""The pack's socket types, defined once.
+
+Socket type names are a public API (saved workflows store them on every link). They carry the
+pack's `EXACT_` prefix because ComfyUI keeps one registration per name: the leading IP-Adapter
+pack registers `IPADAPTER`, and a socket of ours connected to its nodes (or the reverse) would
+hand over an object the other side cannot use.
+"""
+
+IPADAPTER = "EXACT_IPADAPTER"
+IMAGE_PROMPT = "EXACT_IMAGE_PROMPT"
+WEIGHT_SCHEDULE = "EXACT_IPADAPTER_WEIGHTS"
