@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from tools import random_models
-from tools.comfy_host import import_comfy, import_pack
+from tools.comfy_host import NodeRunner, import_comfy, import_pack, pack_nodes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -72,10 +72,9 @@ def make_adapters(pack_module, model, count: int, tmp: Path):
 
 
 def apply_adapters(model, adapters):
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
-
+    apply = NodeRunner(pack_nodes()["ExactApplyIPAdapter"])
     for adapter, prompt in adapters:
-        model = NODE_CLASS_MAPPINGS["ExactApplyIPAdapter"]().apply(model, adapter, prompt, 1.0, 0.0, 1.0)[0]
+        model = apply(model, adapter, prompt, 1.0, 0.0, 1.0)[0]
     return model
 
 
@@ -161,7 +160,6 @@ def time_steps(comfy, model, model_name, latent: int, steps: int, device: torch.
 def one_off_costs(comfy, encoder: bool) -> dict:
     """Load time of a real-size SD1.5 base adapter (22M parameters, fp16) and image encoding time."""
     from comfyui_ipadapter.ipadapter_core.adapter import IPAdapterModel
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
     from comfyui_ipadapter.nodes.load_ipadapter import wrap_adapter
 
     out = {}
@@ -180,12 +178,12 @@ def one_off_costs(comfy, encoder: bool) -> dict:
 
         clip_vision = comfy.clip_vision.load_clipvision_from_sd(random_models.clip_vision_state_dict("vit-h", seed=5, dtype=torch.float16))
         image = torch.rand(1, 512, 512, 3)
-        encode = NODE_CLASS_MAPPINGS["ExactEncodeImagePrompt"]()
-        encode.encode(adapter, clip_vision, image)
+        encode = NodeRunner(pack_nodes()["ExactEncodeImagePrompt"])
+        encode(adapter, clip_vision, image)
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            encode.encode(adapter, clip_vision, image)
+            encode(adapter, clip_vision, image)
             times.append(time.perf_counter() - start)
         out["encode_one_image_s"] = statistics.median(times)
         out["encoder_dtype"] = str(clip_vision.dtype)

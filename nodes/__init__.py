@@ -1,5 +1,8 @@
-"""ComfyUI node classes of the pack; registered by the package's top-level __init__."""
+"""The pack's ComfyUI nodes (V3 schema) and the extension that hands them to ComfyUI."""
 
+from __future__ import annotations
+
+from .api import ComfyExtension, io
 from .apply_ipadapter import ApplyIPAdapter
 from .combine_image_prompts import CombineImagePrompts
 from .encode_image_prompt import EncodeImagePrompt
@@ -12,31 +15,30 @@ from .prepare_image import PrepareImageForClip
 from .prompt_files import LoadImagePrompt, SaveImagePrompt
 from .weight_schedule import IPAdapterWeightSchedule
 
-NODE_CLASS_MAPPINGS = {
-    "ExactLoadIPAdapter": LoadIPAdapter,
-    "ExactEncodeImagePrompt": EncodeImagePrompt,
-    "ExactApplyIPAdapter": ApplyIPAdapter,
-    "ExactCombineImagePrompts": CombineImagePrompts,
-    "ExactIPAdapter": IPAdapter,
-    "ExactPrepareImageForClip": PrepareImageForClip,
-    "ExactMakeNegativeImage": MakeNegativeImage,
-    "ExactIPAdapterWeightSchedule": IPAdapterWeightSchedule,
-    "ExactSaveImagePrompt": SaveImagePrompt,
-    "ExactLoadImagePrompt": LoadImagePrompt,
-    "ExactLoadIPAdapterAndEncoder": LoadIPAdapterAndEncoder,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "ExactLoadIPAdapter": "Load IP-Adapter",
-    "ExactEncodeImagePrompt": "Encode Image Prompt (IP-Adapter)",
-    "ExactApplyIPAdapter": "Apply IP-Adapter",
-    "ExactCombineImagePrompts": "Combine Image Prompts (IP-Adapter)",
-    "ExactIPAdapter": "IP-Adapter (encode + apply)",
-    "ExactPrepareImageForClip": "Prepare Image For CLIP (IP-Adapter)",
-    "ExactMakeNegativeImage": "Make Negative Image (IP-Adapter)",
-    "ExactIPAdapterWeightSchedule": "IP-Adapter Weight Schedule",
-    "ExactSaveImagePrompt": "Save Image Prompt (IP-Adapter)",
-    "ExactLoadImagePrompt": "Load Image Prompt (IP-Adapter)",
-    "ExactLoadIPAdapterAndEncoder": "Load IP-Adapter + CLIP Vision",
-}
+# In the order the Add Node menu lists them.
+NODES: tuple[type[io.ComfyNode], ...] = (
+    LoadIPAdapter,
+    EncodeImagePrompt,
+    ApplyIPAdapter,
+    CombineImagePrompts,
+    IPAdapter,
+    PrepareImageForClip,
+    MakeNegativeImage,
+    IPAdapterWeightSchedule,
+    SaveImagePrompt,
+    LoadImagePrompt,
+    LoadIPAdapterAndEncoder,
+)
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "register_model_folder"]
+
+class IPAdapterExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> IPAdapterExtension:
+    """What ComfyUI calls to load the pack (its loader awaits a coroutine entry point)."""
+    return IPAdapterExtension()
+
+
+__all__ = ["NODES", "IPAdapterExtension", "comfy_entrypoint", "register_model_folder"]

@@ -10,49 +10,74 @@ from ..ipadapter_core.image_branch import SCALING_MODES, ImageBranch
 from ..ipadapter_core.image_prompt import ImagePrompt
 from ..ipadapter_core.layer_map import LayerKey, cross_attention_layers, match_adapter
 from ..ipadapter_core.layer_weights import WEIGHT_TYPES, apply_layer_spec, composition_factors, layer_factors
+from .api import CATEGORY, io
 from .attention_patch import install_branch
 from .load_ipadapter import LoadedIPAdapter
-from .socket_types import IMAGE_PROMPT, IPADAPTER, WEIGHT_SCHEDULE
+from .socket_types import ImagePromptSocket, IPAdapterSocket, WeightScheduleSocket
 
 ADDITIONAL_MODELS_KEY = "ipadapter"
 
 
-class ApplyIPAdapter:
-    DESCRIPTION = (
-        "Adds the image prompt to the model's cross-attention layers (decoupled cross-attention). "
-        "Chain several to combine adapters; ControlNet and LoRA nodes compose with it."
+def model_input() -> io.Input:
+    return io.Model.Input("model", tooltip="An SD1.5 or SDXL model matching the adapter.")
+
+
+def weight_input() -> io.Input:
+    return io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05, tooltip="Strength of the image prompt (λ). 0 leaves the model unchanged.")
+
+
+def start_at_input() -> io.Input:
+    return io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.001, tooltip="Fraction of the sampling schedule where the image prompt starts acting.")
+
+
+def end_at_input() -> io.Input:
+    return io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.001, tooltip="Fraction of the sampling schedule where it stops.")
+
+
+def weight_type_input(optional: bool) -> io.Input:
+    return io.Combo.Input(
+        "weight_type", options=list(WEIGHT_TYPES), default="linear", optional=optional,
+        tooltip="How the weight is spread over the UNet's layers. linear: the same everywhere. style transfer / composition: only the InstantStyle layers.",
     )
-    CATEGORY = "ipadapter"
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("A copy of the model with the image branch added; the input model is unchanged.",)
-    FUNCTION = "apply"
+
+
+def patched_model_output(tooltip: str) -> io.Output:
+    return io.Model.Output(display_name="model", tooltip=tooltip)
+
+
+class ApplyIPAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ExactApplyIPAdapter",
+            display_name="Apply IP-Adapter",
+            category=CATEGORY,
+            description=(
+                "Adds the image prompt to the model's cross-attention layers (decoupled cross-attention). "
+                "Chain several to combine adapters; ControlNet and LoRA nodes compose with it."
+            ),
+            inputs=[
+                model_input(),
+                IPAdapterSocket.Input("ipadapter", tooltip="From Load IP-Adapter."),
+                ImagePromptSocket.Input("image_prompt", tooltip="From Encode Image Prompt, made with the same adapter."),
+                weight_input(),
+                start_at_input(),
+                end_at_input(),
+                weight_type_input(optional=True),
+                io.Combo.Input("embeds_scaling", options=list(SCALING_MODES), default="V only", optional=True, tooltip="Where the weight enters the attention. V only is the paper's formula."),
+                io.Mask.Input("attn_mask", optional=True, tooltip="The image prompt acts only where the mask is 1 (resized to every layer). One mask, or one per latent."),
+                io.Boolean.Input("unfold_batch", default=False, optional=True, tooltip="Reference i goes to latent i (the last repeats) instead of all references to every latent."),
+                WeightScheduleSocket.Input("weight_schedule", optional=True, tooltip="Per-latent factors on the weight (animation), the last repeating."),
+                ImagePromptSocket.Input("composition_image_prompt", optional=True, tooltip="With weight_type 'style and composition': the prompt for the composition layers (default: image_prompt)."),
+                io.Float.Input("composition_weight", default=1.0, min=-1.0, max=5.0, step=0.05, optional=True, tooltip="With 'style and composition': the weight of the composition layers."),
+                io.String.Input("layer_weights", default="", optional=True, tooltip="Power users: per-layer factors applied after weight_type, e.g. 'all:0, style:1, output 4:0.5, middle 0.3:0'."),
+            ],
+            outputs=[patched_model_output("A copy of the model with the image branch added; the input model is unchanged.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "An SD1.5 or SDXL model matching the adapter."}),
-                "ipadapter": (IPADAPTER, {"tooltip": "From Load IP-Adapter."}),
-                "image_prompt": (IMAGE_PROMPT, {"tooltip": "From Encode Image Prompt, made with the same adapter."}),
-                "weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05, "tooltip": "Strength of the image prompt (λ). 0 leaves the model unchanged."}),
-                "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of the sampling schedule where the image prompt starts acting."}),
-                "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": "Fraction of the sampling schedule where it stops."}),
-            },
-            "optional": {
-                "weight_type": (list(WEIGHT_TYPES), {"default": "linear", "tooltip": "How the weight is spread over the UNet's layers. linear: the same everywhere. style transfer / composition: only the InstantStyle layers."}),
-                "embeds_scaling": (list(SCALING_MODES), {"default": "V only", "tooltip": "Where the weight enters the attention. V only is the paper's formula."}),
-                "attn_mask": ("MASK", {"tooltip": "The image prompt acts only where the mask is 1 (resized to every layer). One mask, or one per latent."}),
-                "unfold_batch": ("BOOLEAN", {"default": False, "tooltip": "Reference i goes to latent i (the last repeats) instead of all references to every latent."}),
-                "weight_schedule": (WEIGHT_SCHEDULE, {"tooltip": "Per-latent factors on the weight (animation), the last repeating."}),
-                "composition_image_prompt": (IMAGE_PROMPT, {"tooltip": "With weight_type 'style and composition': the prompt for the composition layers (default: image_prompt)."}),
-                "composition_weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 5.0, "step": 0.05, "tooltip": "With 'style and composition': the weight of the composition layers."}),
-                "layer_weights": ("STRING", {"default": "", "tooltip": "Power users: per-layer factors applied after weight_type, e.g. 'all:0, style:1, output 4:0.5, middle 0.3:0'."}),
-            },
-        }
-
-    def apply(
-        self,
+    def execute(
+        cls,
         model: ModelPatcher,
         ipadapter: LoadedIPAdapter,
         image_prompt: ImagePrompt,
@@ -67,30 +92,53 @@ class ApplyIPAdapter:
         composition_image_prompt: ImagePrompt | None = None,
         composition_weight: float = 1.0,
         layer_weights: str = "",
-    ) -> tuple[ModelPatcher]:
-        layers = match_adapter(cross_attention_layers(model.get_model_object("diffusion_model")), ipadapter.model.spec)
-        if composition_image_prompt is not None and weight_type != "style and composition":
-            raise IPAdapterError("composition_image_prompt is used only with weight_type 'style and composition'; pick that weight type or disconnect it.")
-        factors = None
-        if weight_type != "linear" or layer_weights.strip():
-            factors = apply_layer_spec(layer_factors(layers, weight_type), layers, layer_weights)
-        common = dict(
-            sigma_range=sigma_range(model, start_at, end_at),
-            latent_weights=tuple(weight_schedule) if weight_schedule is not None else None,
-            mask=prepare_mask(attn_mask),
-            scaling=embeds_scaling,
-            unfold=unfold_batch,
-        )
-        branches = [make_branch(ipadapter, image_prompt, check_range("weight", weight, -1.0, 5.0), factors, **common)]
-        if weight_type == "style and composition":
-            prompt = composition_image_prompt if composition_image_prompt is not None else image_prompt
-            weight_c = check_range("composition_weight", composition_weight, -1.0, 5.0)
-            branches.append(make_branch(ipadapter, prompt, weight_c, composition_factors(layers), **common))
-        patched = model.clone()
-        for branch in branches:
-            install_branch(patched, layers, branch)
-        register_adapter(patched, ipadapter)
-        return (patched,)
+    ) -> io.NodeOutput:
+        return io.NodeOutput(apply_prompt(
+            model, ipadapter, image_prompt, weight, start_at, end_at, weight_type, embeds_scaling, attn_mask,
+            unfold_batch, weight_schedule, composition_image_prompt, composition_weight, layer_weights,
+        ))
+
+
+def apply_prompt(
+    model: ModelPatcher,
+    ipadapter: LoadedIPAdapter,
+    image_prompt: ImagePrompt,
+    weight: float,
+    start_at: float,
+    end_at: float,
+    weight_type: str = "linear",
+    embeds_scaling: str = "V only",
+    attn_mask: torch.Tensor | None = None,
+    unfold_batch: bool = False,
+    weight_schedule: tuple[float, ...] | None = None,
+    composition_image_prompt: ImagePrompt | None = None,
+    composition_weight: float = 1.0,
+    layer_weights: str = "",
+) -> ModelPatcher:
+    """A clone of `model` with the image branch (two with 'style and composition') installed."""
+    layers = match_adapter(cross_attention_layers(model.get_model_object("diffusion_model")), ipadapter.model.spec)
+    if composition_image_prompt is not None and weight_type != "style and composition":
+        raise IPAdapterError("composition_image_prompt is used only with weight_type 'style and composition'; pick that weight type or disconnect it.")
+    factors = None
+    if weight_type != "linear" or layer_weights.strip():
+        factors = apply_layer_spec(layer_factors(layers, weight_type), layers, layer_weights)
+    common = dict(
+        sigma_range=sigma_range(model, start_at, end_at),
+        latent_weights=tuple(weight_schedule) if weight_schedule is not None else None,
+        mask=prepare_mask(attn_mask),
+        scaling=embeds_scaling,
+        unfold=unfold_batch,
+    )
+    branches = [make_branch(ipadapter, image_prompt, check_range("weight", weight, -1.0, 5.0), factors, **common)]
+    if weight_type == "style and composition":
+        prompt = composition_image_prompt if composition_image_prompt is not None else image_prompt
+        weight_c = check_range("composition_weight", composition_weight, -1.0, 5.0)
+        branches.append(make_branch(ipadapter, prompt, weight_c, composition_factors(layers), **common))
+    patched = model.clone()
+    for branch in branches:
+        install_branch(patched, layers, branch)
+    register_adapter(patched, ipadapter)
+    return patched
 
 
 def make_branch(ipadapter: LoadedIPAdapter, prompt: ImagePrompt, weight: float, factors: dict[LayerKey, float] | None, unfold: bool, **options) -> ImageBranch:

@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 from ..ipadapter_core.image_prompt import PROMPT_COMBINE_METHODS, combine_prompts
-from .socket_types import IMAGE_PROMPT
+from .api import CATEGORY, io
+from .socket_types import ImagePromptSocket
 
 
-class CombineImagePrompts:
-    DESCRIPTION = "Merges image prompts made by the same adapter: concatenate their references, or average, add or subtract their tokens."
-    CATEGORY = "ipadapter"
-    RETURN_TYPES = (IMAGE_PROMPT,)
-    RETURN_NAMES = ("image_prompt",)
-    OUTPUT_TOOLTIPS = ("One image prompt for Apply IP-Adapter, tied to the same adapter.",)
-    FUNCTION = "combine"
+def prompt_input(name: str, optional: bool) -> io.Input:
+    return ImagePromptSocket.Input(name, optional=optional, tooltip="From Encode Image Prompt (all from the same adapter).")
+
+
+class CombineImagePrompts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ExactCombineImagePrompts",
+            display_name="Combine Image Prompts (IP-Adapter)",
+            category=CATEGORY,
+            description="Merges image prompts made by the same adapter: concatenate their references, or average, add or subtract their tokens.",
+            inputs=[
+                prompt_input("image_prompt_1", optional=False),
+                prompt_input("image_prompt_2", optional=False),
+                io.Combo.Input("method", options=list(PROMPT_COMBINE_METHODS), default="concat", tooltip="subtract: the first minus the mean of the others."),
+                prompt_input("image_prompt_3", optional=True),
+                prompt_input("image_prompt_4", optional=True),
+            ],
+            outputs=[ImagePromptSocket.Output(display_name="image_prompt", tooltip="One image prompt for Apply IP-Adapter, tied to the same adapter.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        prompt = (IMAGE_PROMPT, {"tooltip": "From Encode Image Prompt (all from the same adapter)."})
-        return {
-            "required": {
-                "image_prompt_1": prompt,
-                "image_prompt_2": prompt,
-                "method": (list(PROMPT_COMBINE_METHODS), {"default": "concat", "tooltip": "subtract: the first minus the mean of the others."}),
-            },
-            "optional": {"image_prompt_3": prompt, "image_prompt_4": prompt},
-        }
-
-    def combine(self, image_prompt_1, image_prompt_2, method, image_prompt_3=None, image_prompt_4=None) -> tuple:
+    def execute(cls, image_prompt_1, image_prompt_2, method, image_prompt_3=None, image_prompt_4=None) -> io.NodeOutput:
         prompts = [p for p in (image_prompt_1, image_prompt_2, image_prompt_3, image_prompt_4) if p is not None]
-        return (combine_prompts(prompts, method),)
+        return io.NodeOutput(combine_prompts(prompts, method))

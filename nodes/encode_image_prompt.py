@@ -5,55 +5,83 @@ from __future__ import annotations
 from dataclasses import replace
 
 import comfy.model_management
+import torch
 
 from ..ipadapter_core.encoding import COMBINE_METHODS, CROP_MODES, encode_image_prompt, parse_weights
+from ..ipadapter_core.image_prompt import ImagePrompt
+from .api import CATEGORY, io
 from .clip_vision import comfy_encoder
-from .socket_types import IMAGE_PROMPT, IPADAPTER
+from .load_ipadapter import LoadedIPAdapter
+from .socket_types import ImagePromptSocket, IPAdapterSocket
 
 
-class EncodeImagePrompt:
-    DESCRIPTION = (
-        "Turns reference images into image-prompt tokens with the adapter's projection. Several images in "
-        "one batch are combined by concatenating their tokens unless another combine method is chosen."
+def clip_vision_input() -> io.Input:
+    return io.ClipVision.Input("clip_vision", tooltip="From Load CLIP Vision: the encoder the adapter was trained with (ViT-H/14 for most).")
+
+
+def image_input() -> io.Input:
+    return io.Image.Input(
+        "image", tooltip="Reference image(s). RGBA and grayscale are converted; non-square images are centre-cropped (see crop, or Prepare Image For CLIP)."
     )
-    CATEGORY = "ipadapter"
-    RETURN_TYPES = (IMAGE_PROMPT,)
-    RETURN_NAMES = ("image_prompt",)
-    OUTPUT_TOOLTIPS = ("Conditional and unconditional image tokens, tied to the adapter that made them.",)
-    FUNCTION = "encode"
+
+
+def encode_prompt(
+    ipadapter: LoadedIPAdapter,
+    clip_vision,
+    image: torch.Tensor,
+    negative_image: torch.Tensor | None = None,
+    combine: str = "concat",
+    image_weights: str = "",
+    crop: str = "center",
+) -> ImagePrompt:
+    encoder = comfy_encoder(clip_vision, ipadapter.model.spec)
+    comfy.model_management.load_model_gpu(ipadapter.patcher)
+    weights = parse_weights(image_weights, image.shape[0] if image.ndim == 4 else 1)
+    prompt = encode_image_prompt(
+        ipadapter.model,
+        image,
+        encoder,
+        negative_images=negative_image,
+        size=clip_vision.image_size,
+        mean=tuple(clip_vision.image_mean),
+        std=tuple(clip_vision.image_std),
+        combine=combine,
+        weights=weights,
+        crop=crop,
+    )
+    # Name the file in the prompt: adapters of one variant share a description.
+    return replace(prompt, adapter_description=f"{ipadapter.name}, {prompt.adapter_description}")
+
+
+class EncodeImagePrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ExactEncodeImagePrompt",
+            display_name="Encode Image Prompt (IP-Adapter)",
+            category=CATEGORY,
+            description=(
+                "Turns reference images into image-prompt tokens with the adapter's projection. Several images in "
+                "one batch are combined by concatenating their tokens unless another combine method is chosen."
+            ),
+            inputs=[
+                IPAdapterSocket.Input("ipadapter", tooltip="From Load IP-Adapter; the same one must go to Apply IP-Adapter."),
+                clip_vision_input(),
+                image_input(),
+                io.Image.Input("negative_image", optional=True, tooltip="Replaces the neutral unconditional image tokens (one image, or one per reference)."),
+                io.Combo.Input(
+                    "combine", options=list(COMBINE_METHODS), default="concat", optional=True,
+                    tooltip="How several references become one prompt: concat keeps all their tokens; the others merge the CLIP embeddings first.",
+                ),
+                io.String.Input("image_weights", default="", optional=True, tooltip="One weight per reference image, e.g. '1, 0.5' (empty: all 1)."),
+                io.Combo.Input(
+                    "crop", options=list(CROP_MODES), default="center", optional=True,
+                    tooltip="center: square centre crop (the reference). squash: resize the whole image. tiles: square tiles covering wide or tall images.",
+                ),
+            ],
+            outputs=[ImagePromptSocket.Output(display_name="image_prompt", tooltip="Conditional and unconditional image tokens, tied to the adapter that made them.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "ipadapter": (IPADAPTER, {"tooltip": "From Load IP-Adapter; the same one must go to Apply IP-Adapter."}),
-                "clip_vision": ("CLIP_VISION", {"tooltip": "From Load CLIP Vision: the encoder the adapter was trained with (ViT-H/14 for most)."}),
-                "image": ("IMAGE", {"tooltip": "Reference image(s). RGBA and grayscale are converted; non-square images are centre-cropped (see crop, or Prepare Image For CLIP)."}),
-            },
-            "optional": {
-                "negative_image": ("IMAGE", {"tooltip": "Replaces the neutral unconditional image tokens (one image, or one per reference)."}),
-                "combine": (list(COMBINE_METHODS), {"default": "concat", "tooltip": "How several references become one prompt: concat keeps all their tokens; the others merge the CLIP embeddings first."}),
-                "image_weights": ("STRING", {"default": "", "tooltip": "One weight per reference image, e.g. '1, 0.5' (empty: all 1)."}),
-                "crop": (list(CROP_MODES), {"default": "center", "tooltip": "center: square centre crop (the reference). squash: resize the whole image. tiles: square tiles covering wide or tall images."}),
-            },
-        }
-
-    def encode(self, ipadapter, clip_vision, image, negative_image=None, combine="concat", image_weights="", crop="center") -> tuple:
-        encoder = comfy_encoder(clip_vision, ipadapter.model.spec)
-        comfy.model_management.load_model_gpu(ipadapter.patcher)
-        weights = parse_weights(image_weights, image.shape[0] if image.ndim == 4 else 1)
-        prompt = encode_image_prompt(
-            ipadapter.model,
-            image,
-            encoder,
-            negative_images=negative_image,
-            size=clip_vision.image_size,
-            mean=tuple(clip_vision.image_mean),
-            std=tuple(clip_vision.image_std),
-            combine=combine,
-            weights=weights,
-            crop=crop,
-        )
-        # Name the file in the prompt: adapters of one variant share a description.
-        return (replace(prompt, adapter_description=f"{ipadapter.name}, {prompt.adapter_description}"),)
-
+    def execute(cls, ipadapter, clip_vision, image, negative_image=None, combine="concat", image_weights="", crop="center") -> io.NodeOutput:
+        return io.NodeOutput(encode_prompt(ipadapter, clip_vision, image, negative_image, combine, image_weights, crop))

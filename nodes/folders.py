@@ -24,3 +24,17 @@ def register_model_folder() -> None:
         folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
     else:
         folder_paths.folder_names_and_paths[FOLDER] = ([default], set(EXTENSIONS))
+
+
+def check_listed(folder: str, file_name: str) -> bool | str:
+    """ComfyUI's "Value not in list" check for a file choice, for the node's validate_inputs.
+
+    ComfyUI 0.3.75 checks a classic node's file list when a prompt is queued but not a V3 node's
+    (later versions check both); without this a missing file would be noticed only when the node runs.
+    """
+    if file_name in folder_paths.get_filename_list(folder):
+        return True
+    return (
+        f"Value not in list: {file_name!r} is not in models/{folder}. Put the file there (or in an "
+        f"{folder}: path of extra_model_paths.yaml) and refresh the page, or pick a listed file."
+    )

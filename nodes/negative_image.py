@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 from ..ipadapter_core.negatives import NEGATIVE_KINDS, negative_image
+from .api import CATEGORY, io
 
 
-class MakeNegativeImage:
-    DESCRIPTION = (
-        "Makes an image for Encode Image Prompt's negative_image: the reference blended toward noise, a blur, "
-        "its shuffled pixels or flat grey. The sampler then steers away from that instead of from a black image."
-    )
-    CATEGORY = "ipadapter"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("RGB images of the input's size and batch.",)
-    FUNCTION = "make"
+class MakeNegativeImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ExactMakeNegativeImage",
+            display_name="Make Negative Image (IP-Adapter)",
+            category=CATEGORY,
+            description=(
+                "Makes an image for Encode Image Prompt's negative_image: the reference blended toward noise, a blur, "
+                "its shuffled pixels or flat grey. The sampler then steers away from that instead of from a black image."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The reference image(s); sets the size and batch, and is what blur and shuffle start from."),
+                io.Combo.Input(
+                    "kind", options=list(NEGATIVE_KINDS), default="noise",
+                    tooltip="noise: random pixels. blur: heavy Gaussian blur. shuffle: the image's pixels in random order. gray: flat 0.5.",
+                ),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="How far to blend from the image toward the chosen kind. 0 returns the image."),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                    tooltip="Seed for noise and shuffle; the same seed gives the same image.",
+                ),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="RGB images of the input's size and batch.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "image": ("IMAGE", {"tooltip": "The reference image(s); sets the size and batch, and is what blur and shuffle start from."}),
-                "kind": (list(NEGATIVE_KINDS), {"default": "noise", "tooltip": "noise: random pixels. blur: heavy Gaussian blur. shuffle: the image's pixels in random order. gray: flat 0.5."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "How far to blend from the image toward the chosen kind. 0 returns the image."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": "Seed for noise and shuffle; the same seed gives the same image."}),
-            }
-        }
-
-    def make(self, image, kind="noise", strength=1.0, seed=0) -> tuple:
-        return (negative_image(image, kind=kind, strength=strength, seed=seed),)
+    def execute(cls, image, kind="noise", strength=1.0, seed=0) -> io.NodeOutput:
+        return io.NodeOutput(negative_image(image, kind=kind, strength=strength, seed=seed))

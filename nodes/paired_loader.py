@@ -9,32 +9,34 @@ import folder_paths
 
 from ..ipadapter_core.encoder_files import find_encoder
 from ..ipadapter_core.errors import IPAdapterError
-from .load_ipadapter import LoadIPAdapter
-from .socket_types import IPADAPTER
+from .api import CATEGORY, io
+from .folders import FOLDER, check_listed
+from .load_ipadapter import ipadapter_file_input, ipadapter_output, load_adapter
 
 CLIP_VISION_FOLDER = "clip_vision"
 
 
-class LoadIPAdapterAndEncoder:
-    DESCRIPTION = (
-        "Loads an IP-Adapter and picks the CLIP vision model from models/clip_vision that it was trained with, "
-        "by reading both files' weights (file names play no role)."
-    )
-    CATEGORY = "ipadapter"
-    RETURN_TYPES = (IPADAPTER, "CLIP_VISION")
-    RETURN_NAMES = ("ipadapter", "clip_vision")
-    OUTPUT_TOOLTIPS = (
-        "The adapter, to connect to Encode Image Prompt and Apply IP-Adapter.",
-        "The matching encoder, to connect to Encode Image Prompt.",
-    )
-    FUNCTION = "load"
+class LoadIPAdapterAndEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ExactLoadIPAdapterAndEncoder",
+            display_name="Load IP-Adapter + CLIP Vision",
+            category=CATEGORY,
+            description=(
+                "Loads an IP-Adapter and picks the CLIP vision model from models/clip_vision that it was trained with, "
+                "by reading both files' weights (file names play no role)."
+            ),
+            inputs=[ipadapter_file_input()],
+            outputs=[
+                ipadapter_output(),
+                io.ClipVision.Output(display_name="clip_vision", tooltip="The matching encoder, to connect to Encode Image Prompt."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {"required": {"ipadapter_file": LoadIPAdapter.INPUT_TYPES()["required"]["ipadapter_file"]}}
-
-    def load(self, ipadapter_file: str) -> tuple:
-        (adapter,) = LoadIPAdapter().load(ipadapter_file)
+    def execute(cls, ipadapter_file: str) -> io.NodeOutput:
+        adapter = load_adapter(ipadapter_file)
         spec = adapter.model.spec
         files = [folder_paths.get_full_path(CLIP_VISION_FOLDER, name) for name in folder_paths.get_filename_list(CLIP_VISION_FOLDER)]
         path = find_encoder(spec, [f for f in files if f is not None])
@@ -45,4 +47,8 @@ class LoadIPAdapterAndEncoder:
                 f"{path.name} has the widths of {spec.encoder_name} but ComfyUI cannot load it (an unexpected number "
                 f"of layers); it may be incomplete. Download {spec.encoder_file} into models/clip_vision again."
             )
-        return (adapter, clip_vision)
+        return io.NodeOutput(adapter, clip_vision)
+
+    @classmethod
+    def validate_inputs(cls, ipadapter_file: str) -> bool | str:
+        return check_listed(FOLDER, ipadapter_file)

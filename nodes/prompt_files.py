@@ -8,59 +8,62 @@ import os
 import folder_paths
 
 from ..ipadapter_core.prompt_file import EXTENSION, load_image_prompt, save_image_prompt
-from .socket_types import IMAGE_PROMPT
+from .api import CATEGORY, io
+from .socket_types import ImagePromptSocket
 
 
-class SaveImagePrompt:
-    DESCRIPTION = (
-        f"Saves an image prompt to ComfyUI's output folder as a {EXTENSION} file (safetensors). Move it to the "
-        "input folder to load it with Load Image Prompt; it only works with the adapter that made it."
-    )
-    CATEGORY = "ipadapter"
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "save"
+class SaveImagePrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ExactSaveImagePrompt",
+            display_name="Save Image Prompt (IP-Adapter)",
+            category=CATEGORY,
+            description=(
+                f"Saves an image prompt to ComfyUI's output folder as a {EXTENSION} file (safetensors). Move it to the "
+                "input folder to load it with Load Image Prompt; it only works with the adapter that made it."
+            ),
+            inputs=[
+                ImagePromptSocket.Input("image_prompt", tooltip="From Encode Image Prompt or Combine Image Prompts."),
+                io.String.Input("filename_prefix", default="image_prompts/ipadapter", tooltip="Path inside the output folder; a counter and the extension are appended."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "image_prompt": (IMAGE_PROMPT, {"tooltip": "From Encode Image Prompt or Combine Image Prompts."}),
-                "filename_prefix": ("STRING", {"default": "image_prompts/ipadapter", "tooltip": "Path inside the output folder; a counter and the extension are appended."}),
-            }
-        }
-
-    def save(self, image_prompt, filename_prefix="image_prompts/ipadapter") -> tuple:
+    def execute(cls, image_prompt, filename_prefix="image_prompts/ipadapter") -> io.NodeOutput:
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
         file = f"{filename}_{counter:05}_{EXTENSION}"
         save_image_prompt(image_prompt, os.path.join(folder, file))
-        return {"ui": {"image_prompts": [{"filename": file, "subfolder": subfolder, "type": "output"}]}}
+        return io.NodeOutput(ui={"image_prompts": [{"filename": file, "subfolder": subfolder, "type": "output"}]})
 
 
-class LoadImagePrompt:
-    DESCRIPTION = f"Loads a {EXTENSION} file saved by Save Image Prompt from ComfyUI's input folder."
-    CATEGORY = "ipadapter"
-    RETURN_TYPES = (IMAGE_PROMPT,)
-    RETURN_NAMES = ("image_prompt",)
-    OUTPUT_TOOLTIPS = ("The saved tokens; apply them with the same adapter that encoded them.",)
-    FUNCTION = "load"
-
+class LoadImagePrompt(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
+    def define_schema(cls) -> io.Schema:
         folder = folder_paths.get_input_directory()
         files = [f for f in os.listdir(folder) if f.endswith(EXTENSION) and os.path.isfile(os.path.join(folder, f))]
-        return {"required": {"image_prompt_file": (sorted(files), {"tooltip": f"A {EXTENSION} file in ComfyUI's input folder."})}}
-
-    def load(self, image_prompt_file) -> tuple:
-        return (load_image_prompt(folder_paths.get_annotated_filepath(image_prompt_file)),)
+        return io.Schema(
+            node_id="ExactLoadImagePrompt",
+            display_name="Load Image Prompt (IP-Adapter)",
+            category=CATEGORY,
+            description=f"Loads a {EXTENSION} file saved by Save Image Prompt from ComfyUI's input folder.",
+            inputs=[io.Combo.Input("image_prompt_file", options=sorted(files), tooltip=f"A {EXTENSION} file in ComfyUI's input folder.")],
+            outputs=[ImagePromptSocket.Output(display_name="image_prompt", tooltip="The saved tokens; apply them with the same adapter that encoded them.")],
+        )
 
     @classmethod
-    def IS_CHANGED(cls, image_prompt_file):
+    def execute(cls, image_prompt_file) -> io.NodeOutput:
+        return io.NodeOutput(load_image_prompt(folder_paths.get_annotated_filepath(image_prompt_file)))
+
+    @classmethod
+    def fingerprint_inputs(cls, image_prompt_file):
         with open(folder_paths.get_annotated_filepath(image_prompt_file), "rb") as file:
             return hashlib.sha256(file.read()).hexdigest()
 
     @classmethod
-    def VALIDATE_INPUTS(cls, image_prompt_file):
+    def validate_inputs(cls, image_prompt_file):
         if not folder_paths.exists_annotated_filepath(image_prompt_file):
             return f"Image prompt file not found: {image_prompt_file}. Put it in ComfyUI's input folder."
         return True

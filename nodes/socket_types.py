@@ -6,6 +6,13 @@ pack registers `IPADAPTER`, and a socket of ours connected to its nodes (or the 
 hand over an object the other side cannot use.
 """
 
+from .api import io
+
 IPADAPTER = "EXACT_IPADAPTER"
 IMAGE_PROMPT = "EXACT_IMAGE_PROMPT"
 WEIGHT_SCHEDULE = "EXACT_IPADAPTER_WEIGHTS"
+
+# The V3 types for those names: `IPAdapterSocket.Input(...)`, `IPAdapterSocket.Output(...)`.
+IPAdapterSocket = io.Custom(IPADAPTER)
+ImagePromptSocket = io.Custom(IMAGE_PROMPT)
+WeightScheduleSocket = io.Custom(WEIGHT_SCHEDULE)

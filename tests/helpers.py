@@ -42,7 +42,8 @@ def conditioning(seed: int, batch: int = 1, tokens: int = 77, width: int = 768):
 
 
 def node(name: str):
-    """A fresh instance of one of the pack's node classes, as ComfyUI makes one per execution."""
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
+    """One of the pack's nodes by id, run as ComfyUI runs it: `node("ExactLoadIPAdapter")("file.safetensors")`
+    returns the outputs as a tuple (tools.comfy_host.NodeRunner)."""
+    from tools.comfy_host import NodeRunner, pack_nodes
 
-    return NODE_CLASS_MAPPINGS[name]()
+    return NodeRunner(pack_nodes()[name])

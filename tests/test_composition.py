@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import conditioning, relative_error
+from helpers import conditioning, node, relative_error
 from tools import random_models
 
 
@@ -28,17 +28,16 @@ def run_graph(comfy, tiny_model, clip_vision, ipadapter_weight=1.0, lora_strengt
     """LoadIPAdapter/EncodeImagePrompt/ApplyIPAdapter + LoraLoaderModelOnly + ControlNetApplyAdvanced + KSampler."""
     import nodes as stock
 
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS as ours
 
-    adapter = ours["ExactLoadIPAdapter"]().load("composition.safetensors")[0]
+    adapter = node("ExactLoadIPAdapter")("composition.safetensors")[0]
     reference = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(44))
-    prompt = ours["ExactEncodeImagePrompt"]().encode(adapter, clip_vision, reference)[0]
+    prompt = node("ExactEncodeImagePrompt")(adapter, clip_vision, reference)[0]
 
     def lora(m):
         return stock.LoraLoaderModelOnly().load_lora_model_only(m, "random_lora.safetensors", lora_strength)[0]
 
     def ipadapter(m):
-        return ours["ExactApplyIPAdapter"]().apply(m, adapter, prompt, ipadapter_weight, 0.0, 1.0)[0]
+        return node("ExactApplyIPAdapter")(m, adapter, prompt, ipadapter_weight, 0.0, 1.0)[0]
 
     model = ipadapter(lora(tiny_model)) if lora_first else lora(ipadapter(tiny_model))
     control_net = stock.ControlNetLoader().load_controlnet("random_controlnet.safetensors")[0]

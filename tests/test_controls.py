@@ -17,7 +17,7 @@ def adapters(pack, tmp_path_factory, tiny_layer_dims):
     save_adapter(adapter_state_dict("base", tiny_layer_dims, seed=51), folder / "controls_a.safetensors")
     save_adapter(adapter_state_dict("plus", tiny_layer_dims, seed=52), folder / "controls_b.safetensors")
     folder_paths.add_model_folder_path("ipadapter", str(folder))
-    return {name: node("ExactLoadIPAdapter").load(f"controls_{name}.safetensors")[0] for name in ("a", "b")}
+    return {name: node("ExactLoadIPAdapter")(f"controls_{name}.safetensors")[0] for name in ("a", "b")}
 
 
 def images(seed, count=1, height=96, width=128):
@@ -25,11 +25,11 @@ def images(seed, count=1, height=96, width=128):
 
 
 def encode(adapter, clip_vision, image, **options):
-    return node("ExactEncodeImagePrompt").encode(adapter, clip_vision, image, **options)[0]
+    return node("ExactEncodeImagePrompt")(adapter, clip_vision, image, **options)[0]
 
 
 def apply(model, adapter, prompt, weight=1.0, start_at=0.0, end_at=1.0, **options):
-    return node("ExactApplyIPAdapter").apply(model, adapter, prompt, weight, start_at, end_at, **options)[0]
+    return node("ExactApplyIPAdapter")(model, adapter, prompt, weight, start_at, end_at, **options)[0]
 
 
 def evaluate(comfy, model, batch=1, height=8, width=8, positive=None, negative=None):
@@ -168,10 +168,10 @@ def test_image_weights_scale_each_reference(comfy, tiny_model, adapters, small_c
 
 def test_combine_prompts_concat_equals_one_batch(adapters, small_clip_vision):
     first, second = images(6), images(7)
-    combined = node("ExactCombineImagePrompts").combine(encode(adapters["a"], small_clip_vision, first), encode(adapters["a"], small_clip_vision, second), "concat")[0]
+    combined = node("ExactCombineImagePrompts")(encode(adapters["a"], small_clip_vision, first), encode(adapters["a"], small_clip_vision, second), "concat")[0]
     batch = encode(adapters["a"], small_clip_vision, torch.cat([first, second]))
     assert torch.allclose(combined.cond, batch.cond, atol=1e-6) and torch.allclose(combined.uncond, batch.uncond, atol=1e-6)
-    average = node("ExactCombineImagePrompts").combine(encode(adapters["a"], small_clip_vision, first), encode(adapters["a"], small_clip_vision, second), "average")[0]
+    average = node("ExactCombineImagePrompts")(encode(adapters["a"], small_clip_vision, first), encode(adapters["a"], small_clip_vision, second), "average")[0]
     assert torch.allclose(average.cond, batch.cond.mean(0, keepdim=True), atol=1e-6)
 
 
@@ -180,7 +180,7 @@ def test_combine_prompts_of_two_adapters_is_refused(adapters, small_clip_vision,
 
     prompt_b = encode(adapters["b"], small_clip_vision, images(1))
     with pytest.raises(IPAdapterError, match="different IP-Adapters cannot be combined"):
-        node("ExactCombineImagePrompts").combine(prompt_a, prompt_b, "concat")
+        node("ExactCombineImagePrompts")(prompt_a, prompt_b, "concat")
 
 
 def test_tiles_cover_wide_images(adapters, small_clip_vision):
@@ -380,6 +380,6 @@ def test_embeds_scaling_in_the_model(comfy, tiny_model, adapters, prompt_a):
 
 def test_one_node_equals_encode_plus_apply(comfy, tiny_model, adapters, small_clip_vision):
     image = images(13)
-    single = node("ExactIPAdapter").apply(tiny_model, adapters["a"], small_clip_vision, image, 0.7, "ease in", 0.1, 0.9)[0]
+    single = node("ExactIPAdapter")(tiny_model, adapters["a"], small_clip_vision, image, 0.7, "ease in", 0.1, 0.9)[0]
     two = apply(tiny_model, adapters["a"], encode(adapters["a"], small_clip_vision, image), 0.7, 0.1, 0.9, weight_type="ease in")
     assert torch.equal(evaluate(comfy, single), evaluate(comfy, two))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from helpers import node
 from ipadapter_core import encoder_files
 from ipadapter_core.checkpoint import split_adapter_weights
 from ipadapter_core.encoder_files import EncoderWidths, find_encoder, read_encoder_widths
@@ -189,19 +190,17 @@ def comfy_model_folders(pack, tmp_path, tiny_layer_dims):
     folder_paths.filename_list_cache.pop("clip_vision", None)
 
 
-def node():
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
-
-    return NODE_CLASS_MAPPINGS["ExactLoadIPAdapterAndEncoder"]()
+def paired_loader():
+    return node("ExactLoadIPAdapterAndEncoder")
 
 
 def test_node_inputs_match_load_ipadapter(comfy_model_folders):
     from comfyui_ipadapter.nodes.load_ipadapter import LoadIPAdapter
 
-    types = node().INPUT_TYPES()["required"]
+    types = paired_loader().INPUT_TYPES()["required"]
     assert list(types) == ["ipadapter_file"]
     assert types["ipadapter_file"] == LoadIPAdapter.INPUT_TYPES()["required"]["ipadapter_file"]
-    assert "encoder_files_base.safetensors" in types["ipadapter_file"][0]
+    assert "encoder_files_base.safetensors" in types["ipadapter_file"][1]["options"]
 
 
 def test_node_without_a_fitting_encoder(comfy_model_folders):
@@ -209,7 +208,7 @@ def test_node_without_a_fitting_encoder(comfy_model_folders):
 
     write_encoder(comfy_model_folders / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", encoder_state_dict("vit-l"))
     with pytest.raises(IPAdapterError, match="Download CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors \\(CLIP ViT-H/14\\) into models/clip_vision"):
-        node().load("encoder_files_base.safetensors")
+        paired_loader()("encoder_files_base.safetensors")
 
 
 def full_vit_h_fp16(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -232,16 +231,14 @@ def full_vit_h_fp16(seed: int = 0) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_node_loads_the_fitting_encoder_end_to_end(comfy_model_folders):
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
-
     state = full_vit_h_fp16()
     projection = state["visual_projection.weight"].clone()
     write_encoder(comfy_model_folders / "x.safetensors", state)
     del state
     write_encoder(comfy_model_folders / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", clip_vision_state_dict("vit-l", num_layers=2, dtype=torch.float16))
 
-    adapter, clip_vision = node().load("encoder_files_base.safetensors")
+    adapter, clip_vision = paired_loader()("encoder_files_base.safetensors")
     assert adapter.model.spec.encoder_name == "CLIP ViT-H/14"
     assert torch.equal(clip_vision.model.visual_projection.weight.detach().cpu(), projection.float())
-    prompt = NODE_CLASS_MAPPINGS["ExactEncodeImagePrompt"]().encode(adapter, clip_vision, torch.rand(1, 64, 96, 3))[0]
+    prompt = node("ExactEncodeImagePrompt")(adapter, clip_vision, torch.rand(1, 64, 96, 3))[0]
     assert prompt.cond.shape == (1, 4, 768) and torch.isfinite(prompt.cond).all()

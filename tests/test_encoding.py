@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import relative_error
+from helpers import node, relative_error
 from tools import random_models
 
 
@@ -82,14 +82,13 @@ def test_image_prompt_matches_diffusers_encode_image(pack, vit_h, kind):
     from comfyui_ipadapter.ipadapter_core.adapter import IPAdapterModel
     from comfyui_ipadapter.ipadapter_core.checkpoint import split_adapter_weights
     from comfyui_ipadapter.ipadapter_core.preprocess import clip_pixels
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
     from comfyui_ipadapter.nodes.load_ipadapter import wrap_adapter
 
     reference_encoder, clip_vision = vit_h
     state = random_models.adapter_state_dict(kind, random_models.SD15_LAYER_DIMS[:1], seed=32)
     adapter = wrap_adapter(IPAdapterModel.from_weights(split_adapter_weights(state)), "adapter")
     images = image(33, (2, 256, 320, 3))
-    prompt = NODE_CLASS_MAPPINGS["ExactEncodeImagePrompt"]().encode(adapter, clip_vision, images)[0]
+    prompt = node("ExactEncodeImagePrompt")(adapter, clip_vision, images)[0]
 
     projection = UNet2DConditionModel._convert_ip_adapter_image_proj_to_diffusers(None, state["image_proj"], low_cpu_mem_usage=False)
     hidden = kind != "base"

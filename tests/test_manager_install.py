@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tools.comfy_host import pack_nodes
 from tools.comfy_server import PACK_FOLDER, ComfyServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,16 +60,16 @@ def test_the_server_imports_the_installed_copy(installed):
 @pytest.mark.slow
 def test_every_node_is_listed_with_its_inputs_and_help(installed, pack):
     info = installed.object_info()
-    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+    for name, cls in pack_nodes().items():
         assert name in info, f"{name} is missing from /object_info"
         listed = info[name]
         assert listed["python_module"] == PACK_MODULE
         assert listed["category"] == CATEGORY == cls.CATEGORY
-        assert listed["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS[name]
+        assert listed["display_name"] == cls.GET_SCHEMA().display_name
         assert listed["description"] and listed["description"] == cls.DESCRIPTION
         assert listed["output"] == list(cls.RETURN_TYPES)
-        assert listed["output_name"] == list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))
-        assert_inputs_listed(name, cls.INPUT_TYPES(), listed)
+        assert listed["output_name"] == list(cls.RETURN_NAMES)
+        assert_inputs_listed(name, cls.INPUT_TYPES(include_hidden=False), listed)
 
 
 def assert_inputs_listed(name: str, declared: dict, listed: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import node
 from ipadapter_core.errors import IPAdapterError
 from ipadapter_core.negatives import NEGATIVE_KINDS, negative_image
 
@@ -87,12 +88,10 @@ def test_bad_inputs(kwargs, message):
 
 
 def test_node(pack):
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
-
-    node = NODE_CLASS_MAPPINGS["ExactMakeNegativeImage"]
-    inputs = node.INPUT_TYPES()["required"]
+    make = node("ExactMakeNegativeImage")
+    inputs = make.INPUT_TYPES()["required"]
     assert list(inputs) == ["image", "kind", "strength", "seed"]
     assert inputs["kind"][1]["default"] == "noise" and inputs["strength"][1]["default"] == 1.0
     batch = image(9, (2, 20, 30, 3))
-    (out,) = node().make(batch, "shuffle", 0.5, 11)
+    (out,) = make(batch, "shuffle", 0.5, 11)
     assert torch.equal(out, negative_image(batch, "shuffle", 0.5, 11))

@@ -25,16 +25,16 @@ def adapter_folder(pack, tmp_path_factory, tiny_layer_dims):
 
 
 def load(file_name):
-    return node("ExactLoadIPAdapter").load(file_name)[0]
+    return node("ExactLoadIPAdapter")(file_name)[0]
 
 
 def encode(adapter, clip_vision, seed=0, **kwargs):
     image = torch.rand(1, 96, 128, 3, generator=torch.Generator().manual_seed(seed))
-    return node("ExactEncodeImagePrompt").encode(adapter, clip_vision, image, **kwargs)[0]
+    return node("ExactEncodeImagePrompt")(adapter, clip_vision, image, **kwargs)[0]
 
 
 def apply(model, adapter, prompt, weight=1.0, start_at=0.0, end_at=1.0):
-    return node("ExactApplyIPAdapter").apply(model, adapter, prompt, weight, start_at, end_at)[0]
+    return node("ExactApplyIPAdapter")(model, adapter, prompt, weight, start_at, end_at)[0]
 
 
 def evaluate(comfy, model, sigma=4.0):
@@ -65,8 +65,11 @@ def test_folder_lists_adapter_files(adapter_folder):
     from comfyui_ipadapter.nodes.load_ipadapter import LoadIPAdapter
 
     assert "tiny_base.safetensors" in folder_paths.get_filename_list("ipadapter")
-    choices = LoadIPAdapter.INPUT_TYPES()["required"]["ipadapter_file"][0]
+    choices = LoadIPAdapter.INPUT_TYPES()["required"]["ipadapter_file"][1]["options"]
     assert {"tiny_base.safetensors", "tiny_plus.bin"} <= set(choices)
+    # checked when the prompt is queued, as ComfyUI checks a classic node's list
+    assert LoadIPAdapter.validate_inputs("tiny_base.safetensors") is True
+    assert LoadIPAdapter.validate_inputs("absent.safetensors").startswith("Value not in list: 'absent.safetensors' is not in models/ipadapter.")
 
 
 def test_adapter_changes_the_prediction_and_input_model_is_untouched(comfy, tiny_model, base, base_prompt):
@@ -198,7 +201,7 @@ def test_encoder_tokens_and_negative_image(base, plus_prompt_inputs):
     adapter, clip_vision = plus_prompt_inputs
     prompt = encode(adapter, clip_vision, seed=3)
     assert prompt.cond.shape == (1, 16, 768) and prompt.uncond.shape == (1, 16, 768)
-    two = node("ExactEncodeImagePrompt").encode(adapter, clip_vision, torch.rand(2, 64, 64, 3))[0]
+    two = node("ExactEncodeImagePrompt")(adapter, clip_vision, torch.rand(2, 64, 64, 3))[0]
     assert two.cond.shape == (2, 16, 768)  # one row per reference
     assert two.layout(unfold=False)[0].shape == (1, 32, 768)  # concatenated for the sampler, as diffusers does
     negative = encode(adapter, clip_vision, seed=3, negative_image=torch.rand(1, 64, 64, 3))
@@ -284,14 +287,14 @@ def test_bad_images(base, small_clip_vision, image, message):
     from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
 
     with pytest.raises(IPAdapterError, match=message):
-        node("ExactEncodeImagePrompt").encode(base, small_clip_vision, image)
+        node("ExactEncodeImagePrompt")(base, small_clip_vision, image)
 
 
 def test_negative_image_count_must_fit(base, small_clip_vision):
     from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
 
     with pytest.raises(IPAdapterError, match="negative_image has 2 images but image has 3"):
-        node("ExactEncodeImagePrompt").encode(base, small_clip_vision, torch.rand(3, 32, 32, 3), negative_image=torch.rand(2, 32, 32, 3))
+        node("ExactEncodeImagePrompt")(base, small_clip_vision, torch.rand(3, 32, 32, 3), negative_image=torch.rand(2, 32, 32, 3))
 
 
 def test_latent_batch_and_cfg_one(comfy, tiny_model, base, base_prompt):
@@ -348,7 +351,7 @@ def test_sampling_makes_no_host_device_round_trips(comfy, tiny_model, base, base
         monkeypatch.setattr(owner, name, recording)
 
     patched = apply(tiny_model, base, base_prompt, start_at=0.2, end_at=0.9)
-    patched = node("ExactApplyIPAdapter").apply(patched, base, base_prompt, 0.5, 0.0, 1.0, attn_mask=torch.ones(1, 32, 32), weight_schedule=(1.0, 0.5))[0]
+    patched = node("ExactApplyIPAdapter")(patched, base, base_prompt, 0.5, 0.0, 1.0, attn_mask=torch.ones(1, 32, 32), weight_schedule=(1.0, 0.5))[0]
     for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
         spy(torch.Tensor, name)
     spy(torch, "tensor")

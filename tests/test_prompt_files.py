@@ -147,7 +147,7 @@ def adapters(pack, tmp_path_factory, tiny_layer_dims):
     save_adapter(adapter_state_dict("base", tiny_layer_dims, seed=41), folder / "prompt_files_base.safetensors")
     save_adapter(adapter_state_dict("plus", tiny_layer_dims, seed=42), folder / "prompt_files_plus.bin")
     folder_paths.add_model_folder_path("ipadapter", str(folder))
-    load = node("ExactLoadIPAdapter").load
+    load = node("ExactLoadIPAdapter")
     return load("prompt_files_base.safetensors")[0], load("prompt_files_plus.bin")[0]
 
 
@@ -167,10 +167,10 @@ def comfy_folders(pack, tmp_path):
 
 def save_and_load(prompt, output, input_folder, prefix="image_prompts/ipadapter"):
     """Save Image Prompt, move the file to the input folder as a user would, Load Image Prompt."""
-    ui = node("ExactSaveImagePrompt").save(prompt, prefix)["ui"]["image_prompts"][0]
+    ui = node("ExactSaveImagePrompt").output(prompt, prefix).ui["image_prompts"][0]
     saved = output / ui["subfolder"] / ui["filename"]
     shutil.copy(saved, input_folder / ui["filename"])
-    return ui, node("ExactLoadImagePrompt").load(ui["filename"])[0]
+    return ui, node("ExactLoadImagePrompt")(ui["filename"])[0]
 
 
 def evaluate(comfy, model):
@@ -185,31 +185,31 @@ def test_saved_and_loaded_prompt_gives_exactly_the_same_prediction(comfy, tiny_m
     output, input_folder = comfy_folders
     base = adapters[0]
     images = torch.rand(2, 80, 96, 3, generator=torch.Generator().manual_seed(1))
-    prompt = node("ExactEncodeImagePrompt").encode(base, small_clip_vision, images, image_weights="1, 0.35")[0]
+    prompt = node("ExactEncodeImagePrompt")(base, small_clip_vision, images, image_weights="1, 0.35")[0]
     ui, loaded = save_and_load(prompt, output, input_folder)
     assert ui == {"filename": "ipadapter_00001_.imageprompt", "subfolder": "image_prompts", "type": "output"}
     assert_same(loaded, prompt)
-    assert LoadImagePrompt.INPUT_TYPES()["required"]["image_prompt_file"][0] == ["ipadapter_00001_.imageprompt"]
-    assert LoadImagePrompt.VALIDATE_INPUTS(ui["filename"]) is True
-    assert "not found" in LoadImagePrompt.VALIDATE_INPUTS("absent.imageprompt")
-    fingerprint = LoadImagePrompt.IS_CHANGED(ui["filename"])
-    assert LoadImagePrompt.IS_CHANGED(ui["filename"]) == fingerprint
+    assert LoadImagePrompt.INPUT_TYPES()["required"]["image_prompt_file"][1]["options"] == ["ipadapter_00001_.imageprompt"]
+    assert LoadImagePrompt.validate_inputs(ui["filename"]) is True
+    assert "not found" in LoadImagePrompt.validate_inputs("absent.imageprompt")
+    fingerprint = LoadImagePrompt.fingerprint_inputs(ui["filename"])
+    assert LoadImagePrompt.fingerprint_inputs(ui["filename"]) == fingerprint
 
-    apply = node("ExactApplyIPAdapter").apply
+    apply = node("ExactApplyIPAdapter")
     original = evaluate(comfy, apply(tiny_model, base, prompt, 0.9, 0.0, 1.0)[0])
     assert torch.equal(evaluate(comfy, apply(tiny_model, base, loaded, 0.9, 0.0, 1.0)[0]), original)
     # A second save gets the next counter, as stock save nodes do; replacing the input file re-runs the loader.
-    ui_2 = node("ExactSaveImagePrompt").save(dataclasses.replace(prompt, cond=prompt.cond * 2), "image_prompts/ipadapter")["ui"]["image_prompts"][0]
+    ui_2 = node("ExactSaveImagePrompt").output(dataclasses.replace(prompt, cond=prompt.cond * 2), "image_prompts/ipadapter").ui["image_prompts"][0]
     assert ui_2["filename"] == "ipadapter_00002_.imageprompt"
     shutil.copy(output / ui_2["subfolder"] / ui_2["filename"], input_folder / ui["filename"])
-    assert LoadImagePrompt.IS_CHANGED(ui["filename"]) != fingerprint
+    assert LoadImagePrompt.fingerprint_inputs(ui["filename"]) != fingerprint
 
 
 def test_prompt_for_another_adapter_fails_naming_its_maker(tiny_model, adapters, small_clip_vision, comfy_folders):
     from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError  # the pack's copy of the class
 
     base, plus = adapters
-    prompt = node("ExactEncodeImagePrompt").encode(plus, small_clip_vision, torch.rand(1, 64, 64, 3))[0]
+    prompt = node("ExactEncodeImagePrompt")(plus, small_clip_vision, torch.rand(1, 64, 64, 3))[0]
     _, loaded = save_and_load(prompt, *comfy_folders)
     with pytest.raises(IPAdapterError, match=f"encoded by a different IP-Adapter \\({plus.name}, SD1.5 IP-Adapter \\(plus, needs CLIP ViT-H/14\\)\\)"):
-        node("ExactApplyIPAdapter").apply(tiny_model, base, loaded, 1.0, 0.0, 1.0)
+        node("ExactApplyIPAdapter")(tiny_model, base, loaded, 1.0, 0.0, 1.0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import node
 from ipadapter_core.errors import IPAdapterError
 from ipadapter_core.reference_prep import PAD_VALUE, prepare_reference
 
@@ -107,14 +108,12 @@ def test_bad_inputs(kwargs, message):
 
 
 def test_node(pack):
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
-    node = NODE_CLASS_MAPPINGS["ExactPrepareImageForClip"]
-    assert NODE_DISPLAY_NAME_MAPPINGS["ExactPrepareImageForClip"] == "Prepare Image For CLIP (IP-Adapter)"
-    inputs = node.INPUT_TYPES()["required"]
+    prepare = node("ExactPrepareImageForClip")
+    assert prepare.GET_SCHEMA().display_name == "Prepare Image For CLIP (IP-Adapter)"
+    inputs = prepare.INPUT_TYPES()["required"]
     assert list(inputs) == ["image", "interpolation", "crop_position", "sharpening", "size"]
     assert inputs["interpolation"][1]["default"] == "bicubic" and inputs["crop_position"][1]["default"] == "center"
     assert inputs["sharpening"][1]["default"] == 0.0 and inputs["size"][1]["default"] == 224
     batch = image(10, (2, 300, 200, 4))
-    (out,) = node().prepare(batch, "bicubic", "top", 0.0, 224)
+    (out,) = prepare(batch, "bicubic", "top", 0.0, 224)
     assert torch.equal(out, prepare_reference(batch[:, :200, :, :3], size=224))

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from helpers import conditioning, predict_noise, relative_error
+from helpers import conditioning, node, predict_noise, relative_error
 from tools import random_models
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,6 @@ def features(kind: str, clip_dim: int, seed: int):
 def test_matches_diffusers(comfy, pack, sd15, tmp_path, name):
     from comfyui_ipadapter.ipadapter_core.adapter import IPAdapterModel
     from comfyui_ipadapter.ipadapter_core.image_prompt import ImagePrompt
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
     from comfyui_ipadapter.nodes.load_ipadapter import wrap_adapter
 
     unet, model = sd15
@@ -84,7 +83,7 @@ def test_matches_diffusers(comfy, pack, sd15, tmp_path, name):
     adapter = wrap_adapter(IPAdapterModel.load(path), path.name)
     cond_features, uncond_features = features(variant["kind"], variant["clip_dim"], variant["seed"])
     prompt = ImagePrompt(adapter.model.project(cond_features), adapter.model.project(uncond_features), adapter.model.identity, "")
-    (patched,) = NODE_CLASS_MAPPINGS["ExactApplyIPAdapter"]().apply(model, adapter, prompt, 1.0, 0.0, 1.0)
+    (patched,) = node("ExactApplyIPAdapter")(model, adapter, prompt, 1.0, 0.0, 1.0)
 
     positive, negative = conditioning(1), conditioning(2)
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))

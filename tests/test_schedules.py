@@ -67,15 +67,13 @@ def test_bad_arguments():
 
 
 def test_node_outputs(pack):
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
-
-    types = NODE_CLASS_MAPPINGS["ExactIPAdapterWeightSchedule"].INPUT_TYPES()
-    assert list(types["required"]) == ["frames", "start", "end", "method"] and list(types["optional"]) == ["custom"]
-    assert NODE_CLASS_MAPPINGS["ExactIPAdapterWeightSchedule"].RETURN_TYPES == ("EXACT_IPADAPTER_WEIGHTS", "STRING")
     schedule = node("ExactIPAdapterWeightSchedule")
-    assert schedule.schedule(5, 1.0, 0.0, "linear") == ((1.0, 0.75, 0.5, 0.25, 0.0), "1, 0.75, 0.5, 0.25, 0")
-    assert schedule.schedule(5, 1.0, 0.0, "linear", custom="0.2, 1") == ((0.2, 1.0), "0.2, 1")
-    assert schedule.schedule(3, 1.0, 0.0, "linear", custom="  ")[0] == (1.0, 0.5, 0.0)
+    types = schedule.INPUT_TYPES()
+    assert list(types["required"]) == ["frames", "start", "end", "method"] and list(types["optional"]) == ["custom"]
+    assert tuple(schedule.RETURN_TYPES) == ("EXACT_IPADAPTER_WEIGHTS", "STRING")
+    assert schedule(5, 1.0, 0.0, "linear") == ((1.0, 0.75, 0.5, 0.25, 0.0), "1, 0.75, 0.5, 0.25, 0")
+    assert schedule(5, 1.0, 0.0, "linear", custom="0.2, 1") == ((0.2, 1.0), "0.2, 1")
+    assert schedule(3, 1.0, 0.0, "linear", custom="  ")[0] == (1.0, 0.5, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +83,7 @@ def adapter(pack, tmp_path_factory, tiny_layer_dims):
     folder = tmp_path_factory.mktemp("ipadapter_schedules")
     save_adapter(adapter_state_dict("base", tiny_layer_dims, seed=31), folder / "schedules_base.safetensors")
     folder_paths.add_model_folder_path("ipadapter", str(folder))
-    return node("ExactLoadIPAdapter").load("schedules_base.safetensors")[0]
+    return node("ExactLoadIPAdapter")("schedules_base.safetensors")[0]
 
 
 def evaluate_batch(comfy, model):
@@ -96,9 +94,9 @@ def evaluate_batch(comfy, model):
 
 def test_schedule_one_zero_over_two_latents(comfy, tiny_model, adapter, small_clip_vision):
     image = torch.rand(1, 96, 128, 3, generator=torch.Generator().manual_seed(0))
-    prompt = node("ExactEncodeImagePrompt").encode(adapter, small_clip_vision, image)[0]
-    (schedule, _) = node("ExactIPAdapterWeightSchedule").schedule(2, 1.0, 0.0, "linear")
-    apply = node("ExactApplyIPAdapter").apply
+    prompt = node("ExactEncodeImagePrompt")(adapter, small_clip_vision, image)[0]
+    (schedule, _) = node("ExactIPAdapterWeightSchedule")(2, 1.0, 0.0, "linear")
+    apply = node("ExactApplyIPAdapter")
     scheduled = evaluate_batch(comfy, apply(tiny_model, adapter, prompt, 1.0, 0.0, 1.0, weight_schedule=schedule)[0])
     plain = evaluate_batch(comfy, apply(tiny_model, adapter, prompt, 1.0, 0.0, 1.0)[0])
     bare = evaluate_batch(comfy, tiny_model)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tools.comfy_host import pack_nodes
 from tools.comfy_server import ComfyServer, PromptFailed, PromptRejected
 from tools.embedded_models import build_embedded_models
 from tools.workflow_api import shrink_for_cpu, ui_to_api
@@ -47,13 +48,12 @@ def object_info(pack) -> dict:
     """What /object_info says about the stock nodes and this pack, built in-process from the node classes."""
     import nodes
 
-    classes = {**nodes.NODE_CLASS_MAPPINGS, **pack.NODE_CLASS_MAPPINGS}
-    names = {**nodes.NODE_DISPLAY_NAME_MAPPINGS, **pack.NODE_DISPLAY_NAME_MAPPINGS}
     info = {
         name: {"input": cls.INPUT_TYPES(), "input_order": {group: list(specs) for group, specs in cls.INPUT_TYPES().items()},
-               "display_name": names.get(name, name)}
-        for name, cls in classes.items()
+               "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)}
+        for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
     }
+    info.update({name: cls.GET_NODE_INFO_V1() for name, cls in pack_nodes().items()})  # what server.py sends for V3 nodes
     return json.loads(json.dumps(info))  # tuples become lists, as they arrive from the server
 
 
@@ -162,7 +162,7 @@ def test_widgets_turned_into_sockets(object_info):
 def test_server_lists_the_pack_nodes(server):
     info = server.object_info()
     assert info["ExactApplyIPAdapter"]["python_module"] == "custom_nodes.comfyui-ipadapter"  # the installed copy
-    assert "ip-adapter_sd15.safetensors" in info["ExactLoadIPAdapter"]["input"]["required"]["ipadapter_file"][0]
+    assert "ip-adapter_sd15.safetensors" in info["ExactLoadIPAdapter"]["input"]["required"]["ipadapter_file"][1]["options"]
     assert info["ExactLoadIPAdapter"]["output"] == ["EXACT_IPADAPTER"]
     assert info["ExactEncodeImagePrompt"]["input_order"]["required"] == ["ipadapter", "clip_vision", "image"]
     assert "negative_image" in info["ExactEncodeImagePrompt"]["input_order"]["optional"]

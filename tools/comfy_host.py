@@ -7,6 +7,7 @@ a folder of that wheel that does not exist and would break main.py, so it is lef
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -69,3 +70,45 @@ def import_pack():
     sys.modules[PACK_MODULE] = module
     spec.loader.exec_module(module)
     return module
+
+
+@functools.cache
+def pack_nodes() -> dict[str, type]:
+    """The pack's node classes by node id, obtained as ComfyUI obtains them: through comfy_entrypoint."""
+    import asyncio
+
+    extension = asyncio.run(import_pack().comfy_entrypoint())
+    return {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(extension.get_node_list())}
+
+
+class NodeRunner:
+    """Runs one V3 node class the way ComfyUI's executor does: a locked clone of the class, inputs by name.
+
+    `runner(*args, **kwargs)` returns the node's outputs as a tuple; positional arguments fill
+    the inputs in the order the node's schema declares them. `runner.output(...)` returns the
+    whole NodeOutput (for a node's `ui`). Class attributes (INPUT_TYPES, RETURN_TYPES...) read
+    through to the node class.
+    """
+
+    def __init__(self, node_class: type) -> None:
+        self.node_class = node_class
+
+    def __getattr__(self, name: str):
+        return getattr(self.node_class, name)
+
+    def __call__(self, *args, **kwargs) -> tuple:
+        return tuple(self.output(*args, **kwargs).result or ())
+
+    def output(self, *args, **kwargs):
+        from comfy_api.internal import make_locked_method_func
+
+        names = [spec.id for spec in self.node_class.GET_SCHEMA().inputs]
+        if len(args) > len(names):
+            raise TypeError(f"{self.node_class.__name__} takes {len(names)} inputs, {len(args)} given")
+        inputs = dict(zip(names, args))
+        twice = set(inputs) & set(kwargs)
+        if twice:
+            raise TypeError(f"{self.node_class.__name__}: inputs given twice: {sorted(twice)}")
+        inputs.update(kwargs)
+        clone = self.node_class.PREPARE_CLASS_CLONE({})
+        return make_locked_method_func(self.node_class, "EXECUTE_NORMALIZED", clone)(**inputs)
