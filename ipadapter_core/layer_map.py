@@ -44,13 +44,18 @@ def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
                 layers.append(
                     CrossAttentionLayer(
                         key=(block_name, number, index),
-                        processor_index=2 * len(layers) + 1,
+                        processor_index=checkpoint_index(len(layers)),
                         inner_dim=attention.to_k.weight.shape[0],
                         context_dim=attention.to_k.weight.shape[1],
                         heads=attention.heads,
                     )
                 )
     return layers
+
+
+def checkpoint_index(position: int) -> int:
+    """The `n` of the position-th (0-based) cross-attention layer in diffusers' processor order."""
+    return 2 * position + 1
 
 
 def match_adapter(layers: list[CrossAttentionLayer], spec: AdapterSpec, model_name: str = "this model") -> list[CrossAttentionLayer]:
