@@ -46,3 +46,24 @@ def tiny_layer_dims(pack, tiny_model):
 def small_clip_vision(comfy, tmp_path_factory):
     """A real ComfyUI ViT-H/14 ClipVisionModel cut to 2 layers: the right widths, built in a second."""
     return random_models.comfy_clip_vision("vit-h", seed=1, num_layers=2, tmp_dir=tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def training_models(tmp_path_factory):
+    """Tiny SD1.5- and SDXL-layout diffusers folders and a tiny CLIP vision file, random weights."""
+    from tools.training_models import write_base_model, write_image_encoder
+
+    root = tmp_path_factory.mktemp("training-models")
+    return {"sd15": write_base_model(root / "sd15", "sd15"), "sdxl": write_base_model(root / "sdxl", "sdxl"),
+            "encoder": write_image_encoder(root / "clip_vision.safetensors")}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models' ops take microseconds: on a shared 2-core machine a second thread only adds contention."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -20,6 +20,7 @@ from ipadapter_core.training.adapter_setup import AdapterTrainingModel, build_ad
 from ipadapter_core.training.convert import official_projection
 from tools.training_models import TINY_UNETS, scale_like_linear
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 ENCODER_WIDTH = {"base": 40, "plus": 48}
 
 

@@ -100,6 +100,12 @@ def setup_models(config: TrainConfig, device: torch.device, mixed_precision: str
     return base, encoder, AdapterTrainingModel(base.unet, adapter), output
 
 
+def make_optimizer(config: TrainConfig, adapter: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the adapter alone: the projection and every to_k_ip/to_v_ip."""
+    return torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                             eps=config.adam_epsilon, weight_decay=config.weight_decay)
+
+
 def make_loader(config: TrainConfig, transform: ImageTransform, world: int, rank: int, start_step: int):
     common = dict(num_workers=config.num_workers, collate_fn=collate, persistent_workers=False)
     if config.data_json:
@@ -133,8 +139,7 @@ def train(config: TrainConfig) -> TrainResult:
     output_dir = Path(config.output_dir)
     base, encoder, model, _ = setup_models(config, device, accelerator.mixed_precision)
     adapter = model.adapter
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                                  eps=config.adam_epsilon, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config, adapter)
     from diffusers.optimization import get_scheduler
 
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps)
