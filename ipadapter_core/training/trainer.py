@@ -40,6 +40,8 @@ class TrainResult:
     data_seconds: list[float] = field(default_factory=list)  # of which waiting for the data loader
     checkpoint_seconds: list[float] = field(default_factory=list)
     checkpoint_bytes: int = 0
+    model: torch.nn.Module | None = None  # the trained UNet + adapter, unwrapped
+    frozen: dict = field(default_factory=dict)  # name -> every frozen module (VAE, text and image encoders)
 
 
 def resolve_dtype(name: str, mixed_precision: str) -> torch.dtype:
@@ -224,6 +226,8 @@ def train(config: TrainConfig) -> TrainResult:
         log.info("adapter exported to %s", result.export)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    result.model = accelerator.unwrap_model(model)
+    result.frozen = {"vae": base.vae, "image_encoder": encoder, **{f"text_encoder_{i}": e for i, e in enumerate(base.text_encoders)}}
     return result
 
 
