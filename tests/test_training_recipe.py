@@ -184,3 +184,33 @@ def test_world_size_guard():
     assert requested_by_launcher(["python", "-m", "pytest", "--num_processes", "2"]) is None
     with pytest.raises(IPAdapterError, match="expected_processes is 4"):
         check_world_size(2, expected=4, environ={"WORLD_SIZE": "2"}, launcher=[])
+
+
+def test_open_clip_checkpoint_gives_both_encoder_outputs(tmp_path):
+    """An OpenCLIP checkpoint (the paper's encoder family): pooled projection and the penultimate block's tokens."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from ipadapter_core.training.encoders import load_image_encoder
+
+    config = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 3, "width": 48, "patch_size": 8, "head_width": 12},
+              "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 4, "layers": 1}}
+    (tmp_path / "tiny-openclip-vit.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "tiny-openclip-vit.json")
+    torch.manual_seed(0)
+    reference = open_clip.create_model("tiny-openclip-vit").eval()
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "tiny.safetensors"))
+    with pytest.raises(IPAdapterError, match="set open_clip_model"):
+        load_image_encoder(str(tmp_path / "tiny.safetensors"))
+    encoder = load_image_encoder(str(tmp_path / "tiny.safetensors"), open_clip_model="tiny-openclip-vit")
+    assert encoder.image_size == 32 and encoder.width(IMAGE_EMBEDS) == 24 and encoder.width(PENULTIMATE) == 48
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(encoder.features(pixels, IMAGE_EMBEDS), reference.encode_image(pixels), atol=1e-6)
+        visual = reference.visual
+        x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+        x = torch.cat([visual.class_embedding.expand(2, 1, -1), x], dim=1) + visual.positional_embedding
+        x = visual.ln_pre(x)
+        for block in visual.transformer.resblocks[:-1]:
+            x = block(x)
+        assert torch.allclose(encoder.features(pixels, PENULTIMATE), x, atol=1e-6)
