@@ -32,14 +32,16 @@ def sample_images(
     guidance: float,
     seed: int,
     device: torch.device,
+    clip_size: int = 0,
 ) -> list[Image.Image]:
+    """Images for the references with CFG on both text and image (the unconditional image tokens of inference)."""
     from diffusers import DDIMScheduler
 
     spec = adapter.spec
     images = torch.stack([torch.from_numpy(np.asarray(r.convert("RGB"), dtype=np.uint8).copy()).float().div(255) for r in fit(references)])
     image_prompt = encode_image_prompt(
         adapter, images, lambda pixels: encoder.features(pixels.to(device), spec.encoder_output).float(),
-        size=encoder.image_size, mean=encoder.mean, std=encoder.std,
+        size=clip_size or encoder.image_size, mean=encoder.mean, std=encoder.std,
     )
     count = images.shape[0]
     text_cond, pooled_cond = encode_text(base, [prompt] * count, device)

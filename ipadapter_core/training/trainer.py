@@ -251,7 +251,7 @@ def write_samples(config, base, encoder, model, references, output_dir, step, de
         return
     with accelerator.autocast():
         images = sample_images(base, model.unet, encoder, model.adapter, references, config.sample_prompt, config.resolution,
-                               config.sample_steps, config.sample_guidance, config.seed, device)
+                               config.sample_steps, config.sample_guidance, config.seed, device, config.clip_size)
     path = save_grid(references, images, output_dir / "samples" / f"step-{step:07d}.png")
     if accelerator.log_with:
         import numpy as np
