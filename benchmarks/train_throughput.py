@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import tempfile
@@ -58,7 +59,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the step-time statistics")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
 
     family = "sdxl" if args.model == "sdxl" else "sd15"
     size = "tiny" if args.model == "tiny" else "full"
@@ -96,6 +101,7 @@ def main() -> None:
             "steps": args.steps,
             "warmup": args.warmup,
             "torch": torch.__version__,
+            "load_average_before_after": [load_before[0], os.getloadavg()[0]],  # other work on a shared machine
             "samples_per_s": samples_per_step / step,
             "step_s_median": step,
             "step_s_min": min(timed),

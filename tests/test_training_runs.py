@@ -119,7 +119,7 @@ def test_cli_json_folder_end_to_end(training_models, data, tmp_path):
 
 def test_cli_webdataset_shards_sdxl_plus(training_models, tmp_path):
     """Two shards, two data-loader workers, the SDXL layout (two text encoders, time ids) and a plus adapter."""
-    shards = write_shards(tmp_path / "shards", shards=2, per_shard=5)
+    write_shards(tmp_path / "shards", shards=2, per_shard=5)
     values = tiny_run(training_models, Path("unused.json"), tmp_path / "out", base_model=str(training_models["sdxl"]), adapter="plus",
                       resampler_dim=32, resampler_heads=2, max_steps=3, num_workers=2, batch_size=3)
     del values["data_json"], values["data_root"]

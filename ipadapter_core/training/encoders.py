@@ -6,6 +6,7 @@ embedding; `variants.PENULTIMATE`: all tokens of the second-to-last layer), in e
 
 from __future__ import annotations
 
+import abc
 import re
 from pathlib import Path
 
@@ -23,8 +24,8 @@ HEADS_BY_WIDTH = {1280: 16, 1664: 16, 1024: 16, 768: 12}
 ACTIVATION_BY_WIDTH = {1024: "quick_gelu"}
 
 
-class ImageEncoder(nn.Module):
-    """pixels (B, 3, S, S), CLIP-normalised -> the requested output."""
+class ImageEncoder(nn.Module, metaclass=abc.ABCMeta):
+    """pixels (B, 3, S, S), CLIP-normalised -> the requested output; one subclass per model library."""
 
     def __init__(self, image_size: int, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD):
         super().__init__()
@@ -32,11 +33,13 @@ class ImageEncoder(nn.Module):
         self.mean = tuple(mean)
         self.std = tuple(std)
 
+    @abc.abstractmethod
     def features(self, pixels: torch.Tensor, output: str) -> torch.Tensor:
-        raise NotImplementedError
+        """IMAGE_EMBEDS: (B, width); PENULTIMATE: (B, tokens, width)."""
 
+    @abc.abstractmethod
     def width(self, output: str) -> int:
-        raise NotImplementedError
+        """The width of that output, checked against the adapter before training."""
 
 
 class TransformersImageEncoder(ImageEncoder):
@@ -88,7 +91,7 @@ def load_image_encoder(path: str, open_clip_model: str = "") -> ImageEncoder:
         raise IPAdapterError(f"image_encoder {source} does not exist; give a CLIP vision file from models/clip_vision, a transformers folder, or an OpenCLIP checkpoint with open_clip_model.")
     if open_clip_model:
         return load_open_clip(source, open_clip_model)
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionModelWithProjection
 
     if source.is_dir():
         model = CLIPVisionModelWithProjection.from_pretrained(str(source))

@@ -5,7 +5,6 @@ Loading uses diffusers' and transformers' own loaders, so any model they read wo
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from torch import nn
 
 from ..errors import IPAdapterError
 
-log = logging.getLogger(__name__)
 FAMILIES = ("sd15", "sdxl")
 
 

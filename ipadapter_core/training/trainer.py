@@ -22,7 +22,7 @@ from .encoders import ImageEncoder, load_image_encoder
 from .models import BaseModel, load_base_model
 from .recipe import Recipe, StepDraws
 from .samples import sample_images, save_grid
-from .state import checkpoint_dirs, export_adapter, find_resume, load_checkpoint, save_checkpoint
+from .state import export_adapter, find_resume, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
