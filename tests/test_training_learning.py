@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ SEED = int(os.environ.get("IPADAPTER_LEARNING_SEED", "0"))
 RESOLUTION = 16
 COLORS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 220, 40), (150, 50, 200), (40, 210, 210), (240, 140, 30), (128, 128, 128)]
 NAMES = ["red", "green", "blue", "yellow", "purple", "cyan", "orange", "gray"]
-BASE_STEPS, ADAPTER_STEPS, BATCH = 700, 500, 32
+BASE_STEPS, ADAPTER_STEPS, BATCH = 400, 300, 32
 DEVICE = torch.device("cpu")
 
 
@@ -71,8 +70,24 @@ def batches(data_json: Path, transform: ImageTransform, seed: int):
                 yield collate([dataset[int(i)] for i in order])
 
 
+def calibrate_vae(folder: Path, data_json: Path) -> None:
+    """Set the VAE's scaling factor so latents have unit variance, as SD's 0.18215 does for its trained VAE.
+
+    With a random VAE's latents at the default factor the signal is far below the noise, the
+    noise is predictable from the noisy latent alone, and no conditioning could matter.
+    """
+    base = load_base_model(str(folder))
+    dataset = JsonImageTextDataset(str(data_json), "", ImageTransform(RESOLUTION, 32, (0.5,) * 3, (0.5,) * 3))
+    pixels = torch.stack([dataset[i]["pixels"] for i in range(128)])
+    with torch.no_grad():
+        std = base.vae.encode(pixels).latent_dist.mean.std().item()
+    base.vae.register_to_config(scaling_factor=1 / std)
+    base.vae.save_pretrained(str(folder / "vae"))
+
+
 def pretrain_base(folder: Path, encoder_path: Path, data_json: Path) -> None:
     """Text-to-image training of the whole tiny UNet (no adapter), saved in place."""
+    calibrate_vae(folder, data_json)
     base = load_base_model(str(folder))
     encoder = load_image_encoder(str(encoder_path))
     recipe = Recipe(base, encoder, IMAGE_EMBEDS, RESOLUTION, 0.0, 0.1, 0.0)
