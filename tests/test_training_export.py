@@ -83,12 +83,12 @@ def test_export_runs_the_same_in_trainer_nodes_and_diffusers(comfy, pack, comfy_
     install_processors(unet, adapter)
 
     folder_paths.add_model_folder_path("ipadapter", str(path.parent))
-    loaded = node("ExactLoadIPAdapter").load(path.name)[0]
+    loaded = node("ExactLoadIPAdapter")(path.name)[0]
     assert loaded.model.spec.description == "SD1.5 IP-Adapter (base, needs CLIP ViT-H/14)"
     features = torch.randn(1, 1024, generator=torch.Generator().manual_seed(2))
     uncond = torch.zeros_like(features)
     prompt = ImagePrompt(loaded.model.project(features), loaded.model.project(uncond), loaded.model.identity, "")
-    patched = node("ExactApplyIPAdapter").apply(model, loaded, prompt, 1.0, 0.0, 1.0)[0]
+    patched = node("ExactApplyIPAdapter")(model, loaded, prompt, 1.0, 0.0, 1.0)[0]
     positive, negative = conditioning(3), conditioning(4)
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
     x, eps_cond, eps_uncond, sigma = predict_noise(comfy, patched, noise, SIGMA, positive, negative)
