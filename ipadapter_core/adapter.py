@@ -1,4 +1,5 @@
-"""An IP-Adapter as a module: its image projection plus one to_k_ip/to_v_ip pair per cross-attention layer."""
+"""An IP-Adapter as a module: its image projection plus one to_k_ip/to_v_ip pair per cross-attention layer
+(and, for FaceID, the LoRA for the UNet's own attention layers that the file carries)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from torch import nn
 from .checkpoint import AdapterWeights, load_adapter_weights
 from .errors import IPAdapterError
 from .projection import build_image_projection
-from .variants import AdapterSpec, detect_variant, fingerprint
+from .variants import LORA_KEY, AdapterSpec, detect_variant, fingerprint
+
+LoRAPairs = dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]  # processor index -> projection -> (down, up)
 
 
 class KeyValueProjection(nn.Module):
@@ -25,25 +28,29 @@ class KeyValueProjection(nn.Module):
 class IPAdapterModel(nn.Module):
     """Weights of one adapter file. Parameter names mirror the checkpoint so saving round-trips."""
 
-    def __init__(self, spec: AdapterSpec, image_proj: nn.Module, ip_layers: nn.ModuleDict, identity: str):
+    def __init__(self, spec: AdapterSpec, image_proj: nn.Module, ip_layers: nn.ModuleDict, identity: str, lora: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.spec = spec
         self.identity = identity
         self.image_proj = image_proj
         self.ip_layers = ip_layers
+        # Kept out of the module's parameters: the LoRA becomes weight patches of the UNet, which
+        # ComfyUI casts to the UNet's device when it merges them; it never runs with the adapter.
+        self.lora_weights = dict(lora or {})
 
     @classmethod
     def from_weights(cls, weights: AdapterWeights, identity: str | None = None) -> "IPAdapterModel":
         """identity defaults to a fingerprint of the weights (give one for shape-only meta weights)."""
         spec = detect_variant(weights)
+        lora = {key: value for key, value in weights.ip_adapter.items() if LORA_KEY.match(key)}
         try:
             image_proj = build_image_projection(spec, weights.image_proj)
             with torch.device("meta"):
                 ip_layers = nn.ModuleDict({str(n): KeyValueProjection(spec.cross_attention_dim, dim) for n, dim in spec.layer_dims})
-            ip_layers.load_state_dict(weights.ip_adapter, strict=True, assign=True)
+            ip_layers.load_state_dict({k: v for k, v in weights.ip_adapter.items() if k not in lora}, strict=True, assign=True)
         except RuntimeError as error:
             raise IPAdapterError(f"The IP-Adapter's weights do not fit its detected layout ({spec.description}): {error}") from error
-        return cls(spec, image_proj, ip_layers.requires_grad_(False), identity or fingerprint(weights))
+        return cls(spec, image_proj, ip_layers.requires_grad_(False), identity or fingerprint(weights), lora)
 
     @classmethod
     def load(cls, path: str | Path) -> "IPAdapterModel":
@@ -53,13 +60,34 @@ class IPAdapterModel(nn.Module):
         return self.ip_layers[str(processor_index)]
 
     @torch.no_grad()
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Image tokens for CLIP features; computed in the projection's own dtype and device, returned as fp32."""
+    def project(self, features: torch.Tensor, clip_features: torch.Tensor | None = None, shortcut_scale: float | None = None) -> torch.Tensor:
+        """Image tokens for encoder features; computed in the projection's own dtype and device, returned as fp32.
+
+        features: CLIP features, or face embeddings for FaceID. FaceID plus also reads the CLIP
+        hidden states of the face crops (clip_features) and, for plusv2, the shortcut's scale.
+        """
         parameter = next(self.image_proj.parameters())
-        return self.image_proj(features.to(parameter.device, parameter.dtype)).float()
+        features = features.to(parameter.device, parameter.dtype)
+        if self.spec.projection != "face_plus":
+            return self.image_proj(features).float()
+        if clip_features is None:
+            raise IPAdapterError(f"The {self.spec.description} needs the CLIP hidden states of the face crops as well as the face embeddings.")
+        return self.image_proj(features, clip_features.to(parameter.device, parameter.dtype), shortcut_scale).float()
+
+    def lora_pairs(self) -> LoRAPairs:
+        """The in-file LoRA as plain (down, up) pairs: delta W = up @ down at strength 1 (no alpha in these files)."""
+        pairs: LoRAPairs = {}
+        for key in self.lora_weights:
+            match = LORA_KEY.match(key)
+            if match.group(3) == "down":
+                n, projection = int(match.group(1)), match.group(2)
+                up = self.lora_weights[f"{n}.to_{projection}_lora.up.weight"]
+                pairs.setdefault(n, {})[projection] = (self.lora_weights[key], up)
+        return pairs
 
     def state_dict_official(self) -> dict[str, torch.Tensor]:
         """Flat `image_proj.*` / `ip_adapter.*` keys, the layout `.safetensors` releases use."""
         out = {f"image_proj.{k}": v for k, v in self.image_proj.state_dict().items()}
         out.update({f"ip_adapter.{k}": v for k, v in self.ip_layers.state_dict().items()})
+        out.update({f"ip_adapter.{k}": v for k, v in self.lora_weights.items()})
         return out

@@ -18,8 +18,19 @@ COMBINE_METHODS = ("concat", "average", "norm average", "add", "subtract")
 CROP_MODES = ("center", "squash", "tiles")
 
 
+def require_clip_adapter(spec: AdapterSpec) -> None:
+    """FaceID adapters read faces (InsightFace), not CLIP image embeddings of whole references."""
+    if spec.is_faceid:
+        raise IPAdapterError(
+            f"This is a {spec.description}: it reads InsightFace face embeddings, not CLIP image embeddings. "
+            "Encode the reference with Encode Face Image Prompt (IP-Adapter) and Load InsightFace instead."
+        )
+
+
 def check_encoder(spec: AdapterSpec, embeds_width: int, hidden_width: int) -> None:
     """Fail before encoding when the CLIP vision model cannot feed this adapter, naming the one that can."""
+    if not spec.needs_clip:
+        require_clip_adapter(spec)
     width = embeds_width if spec.encoder_output == IMAGE_EMBEDS else hidden_width
     if width == spec.encoder_width:
         return
@@ -89,6 +100,7 @@ def encode_image_prompt(
     "tiles" encodes square tiles covering wide or tall images, each as a reference.
     """
     spec = adapter.spec
+    require_clip_adapter(spec)
     if crop not in CROP_MODES:
         raise IPAdapterError(f"Unknown crop mode {crop!r}; choose one of {', '.join(CROP_MODES)}.")
 

@@ -5,18 +5,25 @@ diffusers' `unet.attn_processors`: down blocks, then up blocks, then the mid blo
 official trainer numbered every attention processor, attn1 taking the even numbers). Walking an LDM-layout UNet (`input_blocks`, `middle_block`, `output_blocks`, as
 ComfyUI and the original Stable Diffusion code build it) in that order derives the map for any
 UNet of the family - fine-tunes, merges, SD1.5, SDXL - instead of trusting a hard-coded table.
+The same walk names each layer's module path, which places FaceID's in-file LoRA (numbered the
+same way, attn1 at 2j and attn2 at 2j + 1) on the UNet's own weights.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .errors import IPAdapterError
 from .variants import AdapterSpec
 
 LayerKey = tuple[str, int, int]  # (block name, block number, transformer index), ComfyUI's patch key
+
+
+LORA_TARGETS = {"q": "to_q", "k": "to_k", "v": "to_v", "out": "to_out.0"}  # LoRA projection -> Linear in the attention module
 
 
 @dataclass(frozen=True)
@@ -26,17 +33,23 @@ class CrossAttentionLayer:
     inner_dim: int
     context_dim: int
     heads: int
+    path: str = ""  # the transformer block's module path inside the UNet, e.g. input_blocks.1.1.transformer_blocks.0
+
+    @property
+    def attention_paths(self) -> dict[int, str]:
+        """Processor index -> attention module path: the block's attn1 is numbered just before its attn2."""
+        return {self.processor_index - 1: f"{self.path}.attn1", self.processor_index: f"{self.path}.attn2"}
 
 
 def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
     """Every cross-attention layer of an LDM-layout UNet, in checkpoint (diffusers) order."""
-    blocks = [("input", number, block) for number, block in enumerate(unet.input_blocks)]
-    blocks += [("output", number, block) for number, block in enumerate(unet.output_blocks)]
+    blocks = [("input", number, block, f"input_blocks.{number}") for number, block in enumerate(unet.input_blocks)]
+    blocks += [("output", number, block, f"output_blocks.{number}") for number, block in enumerate(unet.output_blocks)]
     if getattr(unet, "middle_block", None) is not None:
-        blocks.append(("middle", 0, unet.middle_block))
+        blocks.append(("middle", 0, unet.middle_block, "middle_block"))
     layers = []
-    for block_name, number, block in blocks:
-        for module in block:
+    for block_name, number, block, prefix in blocks:
+        for position, module in enumerate(block):
             for index, transformer in enumerate(getattr(module, "transformer_blocks", ())):
                 attention = getattr(transformer, "attn2", None)
                 if attention is None:
@@ -48,6 +61,7 @@ def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
                         inner_dim=attention.to_k.weight.shape[0],
                         context_dim=attention.to_k.weight.shape[1],
                         heads=attention.heads,
+                        path=f"{prefix}.{position}.transformer_blocks.{index}",
                     )
                 )
     return layers
@@ -56,6 +70,34 @@ def cross_attention_layers(unet: nn.Module) -> list[CrossAttentionLayer]:
 def checkpoint_index(position: int) -> int:
     """The `n` of the position-th (0-based) cross-attention layer in diffusers' processor order."""
     return 2 * position + 1
+
+
+def lora_weight_pairs(
+    unet: nn.Module, layers: list[CrossAttentionLayer], lora: Mapping[int, Mapping[str, tuple[torch.Tensor, torch.Tensor]]]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """A LoRA numbered by attention processor -> {UNet weight key: (down, up)}, keys relative to the UNet.
+
+    Each pair is checked against the shape of the weight it lands on, so a LoRA for another
+    architecture is refused instead of being merged into the wrong layer.
+    """
+    paths = {n: path for layer in layers for n, path in layer.attention_paths.items()}
+    out = {}
+    for n, projections in sorted(lora.items()):
+        if n not in paths:
+            raise IPAdapterError(
+                f"The adapter's LoRA patches attention layer {n}, which this model does not have; use a FaceID adapter "
+                "made for this model's architecture."
+            )
+        for projection, (down, up) in projections.items():
+            key = f"{paths[n]}.{LORA_TARGETS[projection]}.weight"
+            weight = unet.get_submodule(key.rsplit(".", 1)[0]).weight
+            if (up.shape[0], down.shape[1]) != tuple(weight.shape):
+                raise IPAdapterError(
+                    f"The adapter's LoRA for {key} is {up.shape[0]}x{down.shape[1]} but the model's weight is "
+                    f"{weight.shape[0]}x{weight.shape[1]}; use a FaceID adapter made for this model."
+                )
+            out[key] = (down, up)
+    return out
 
 
 def match_adapter(layers: list[CrossAttentionLayer], spec: AdapterSpec, model_name: str = "this model") -> list[CrossAttentionLayer]:

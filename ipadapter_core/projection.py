@@ -1,7 +1,8 @@
-"""The three image projection networks of the official IP-Adapters, in their checkpoint layouts.
+"""The image projection networks of the official IP-Adapters, in their checkpoint layouts.
 
-Each turns CLIP image features into tokens of the UNet's text-embedding width. Module and
-parameter names follow the official checkpoints exactly, so `load_state_dict` is strict.
+Each turns image features (CLIP's, or InsightFace's face embedding for FaceID) into tokens of
+the UNet's text-embedding width. Module and parameter names follow the official checkpoints
+exactly, so `load_state_dict` is strict.
 """
 
 from __future__ import annotations
@@ -74,24 +75,63 @@ def feed_forward(dim: int, mult: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(), nn.Linear(dim * mult, dim, bias=False))
 
 
-class Resampler(nn.Module):
-    """Plus / plus-face: a perceiver that reads all encoder tokens into a few learned queries."""
+class Perceiver(nn.Module):
+    """Latent tokens read the input tokens through depth x (attention + feed-forward), then project out."""
 
-    def __init__(self, dim: int, depth: int, heads: int, num_queries: int, embedding_dim: int, output_dim: int, ff_mult: int = 4):
+    def __init__(self, dim: int, depth: int, heads: int, embedding_dim: int, output_dim: int, ff_mult: int = 4):
         super().__init__()
-        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
         self.proj_in = nn.Linear(embedding_dim, dim)
         self.proj_out = nn.Linear(dim, output_dim)
         self.norm_out = nn.LayerNorm(output_dim)
         self.layers = nn.ModuleList(nn.ModuleList([PerceiverAttention(dim, heads), feed_forward(dim, ff_mult)]) for _ in range(depth))
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        latents = self.latents.repeat(hidden_states.shape[0], 1, 1)
+    def resample(self, latents: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         x = self.proj_in(hidden_states)
         for attention, ff in self.layers:
             latents = attention(x, latents) + latents
             latents = ff(latents) + latents
         return self.norm_out(self.proj_out(latents))
+
+
+class Resampler(Perceiver):
+    """Plus / plus-face: learned queries read all encoder tokens. Portrait-unnorm (FaceID, SDXL):
+    the same network reading one token, the raw face embedding."""
+
+    def __init__(self, dim: int, depth: int, heads: int, num_queries: int, embedding_dim: int, output_dim: int, ff_mult: int = 4):
+        super().__init__(dim, depth, heads, embedding_dim, output_dim, ff_mult)
+        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.ndim == 2:  # one embedding per reference is one token
+            hidden_states = hidden_states[:, None]
+        return self.resample(self.latents.repeat(hidden_states.shape[0], 1, 1), hidden_states)
+
+
+class FaceProjection(nn.Module):
+    """FaceID and portrait: a face embedding -> N tokens through a two-layer MLP, each token layer-normed."""
+
+    def __init__(self, face_dim: int, hidden_dim: int, cross_dim: int, num_tokens: int):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.proj = nn.Sequential(nn.Linear(face_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_tokens * cross_dim))
+        self.norm = nn.LayerNorm(cross_dim)
+
+    def forward(self, face: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(face).reshape(face.shape[0], self.num_tokens, -1))
+
+
+class FacePlusProjection(FaceProjection):
+    """FaceID plus / plusv2: the face tokens, refined by a perceiver reading CLIP's hidden states
+    of the aligned face crop. plusv2 is the same network with a shortcut: face tokens + scale x refined."""
+
+    def __init__(self, face_dim: int, hidden_dim: int, cross_dim: int, num_tokens: int, perceiver: Perceiver):
+        super().__init__(face_dim, hidden_dim, cross_dim, num_tokens)
+        self.perceiver_resampler = perceiver
+
+    def forward(self, face: torch.Tensor, clip_hidden_states: torch.Tensor, shortcut_scale: float | None = None) -> torch.Tensor:
+        tokens = super().forward(face)
+        refined = self.perceiver_resampler.resample(tokens, clip_hidden_states)
+        return refined if shortcut_scale is None else tokens + shortcut_scale * refined
 
 
 def build_image_projection(spec: AdapterSpec, state_dict: dict[str, torch.Tensor]) -> nn.Module:
@@ -105,7 +145,19 @@ def build_image_projection(spec: AdapterSpec, state_dict: dict[str, torch.Tensor
             model = ImageProjModel(spec.encoder_width, spec.cross_attention_dim, spec.num_tokens)
         elif spec.projection == "mlp":
             model = MLPProjModel(spec.encoder_width, spec.cross_attention_dim)
-        else:
+        elif spec.projection == "face_mlp":
+            model = FaceProjection(spec.face_width, state_dict["proj.0.weight"].shape[0], spec.cross_attention_dim, spec.num_tokens)
+        elif spec.projection == "face_plus":
+            perceiver = Perceiver(
+                dim=state_dict["perceiver_resampler.proj_in.weight"].shape[0],
+                depth=spec.resampler_depth,
+                heads=spec.resampler_heads,
+                embedding_dim=spec.encoder_width,
+                output_dim=spec.cross_attention_dim,
+                ff_mult=state_dict["perceiver_resampler.layers.0.1.1.weight"].shape[0] // state_dict["perceiver_resampler.proj_in.weight"].shape[0],
+            )
+            model = FacePlusProjection(spec.face_width, state_dict["proj.0.weight"].shape[0], spec.cross_attention_dim, spec.num_tokens, perceiver)
+        else:  # "resampler", "face_resampler"
             dim = state_dict["proj_in.weight"].shape[0]
             model = Resampler(
                 dim=dim,

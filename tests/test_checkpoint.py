@@ -156,15 +156,6 @@ def test_not_an_adapter(tmp_path):
         load_adapter_weights(path)
 
 
-def test_faceid_is_refused_clearly():
-    state = {"image_proj": {"proj.0.weight": torch.zeros(1024, 512), "proj.0.bias": torch.zeros(1024),
-                            "proj.2.weight": torch.zeros(3072, 1024), "proj.2.bias": torch.zeros(3072),
-                            "norm.weight": torch.zeros(768), "norm.bias": torch.zeros(768)},
-             "ip_adapter": {"1.to_k_ip.weight": torch.zeros(320, 768), "1.to_v_ip.weight": torch.zeros(320, 768)}}
-    with pytest.raises(IPAdapterError, match="FaceID.*plus-face or full-face"):
-        detect_variant(split_adapter_weights(state))
-
-
 def test_inconsistent_widths():
     state = adapter_state_dict("base", SD15_LAYER_DIMS, cross_dim=768)
     state["ip_adapter"] = adapter_state_dict("base", [(1, 640)], cross_dim=2048)["ip_adapter"]

@@ -94,15 +94,7 @@ def adapter_state_dict(
     elif kind == "plus":
         clip_dim = clip_dim or 1280
         dim = 768 if cross_dim == 768 else 1280
-        heads = resampler_heads or dim // 64
-        proj = {"latents": r(1, 16, dim, scale=dim**-0.5), "proj_in.weight": r.weight(dim, clip_dim), "proj_in.bias": r(dim, scale=0.1),
-                "proj_out.weight": r.weight(cross_dim, dim), "proj_out.bias": r(cross_dim, scale=0.1), **r.norm(cross_dim, "norm_out")}
-        for i in range(4):
-            p = f"layers.{i}"
-            proj.update({**r.norm(dim, f"{p}.0.norm1"), **r.norm(dim, f"{p}.0.norm2"),
-                         f"{p}.0.to_q.weight": r.weight(heads * 64, dim), f"{p}.0.to_kv.weight": r.weight(2 * heads * 64, dim),
-                         f"{p}.0.to_out.weight": r.weight(dim, heads * 64), **r.norm(dim, f"{p}.1.0"),
-                         f"{p}.1.1.weight": r.weight(4 * dim, dim), f"{p}.1.3.weight": r.weight(dim, 4 * dim)})
+        proj = {"latents": r(1, 16, dim, scale=dim**-0.5), **perceiver(r, dim, resampler_heads or dim // 64, clip_dim, cross_dim)}
     elif kind == "full":
         clip_dim = clip_dim or 1280
         proj = {"proj.0.weight": r.weight(clip_dim, clip_dim), "proj.0.bias": r(clip_dim, scale=0.1),
@@ -113,6 +105,65 @@ def adapter_state_dict(
     for n, inner in layer_dims:
         ip[f"{n}.to_k_ip.weight"] = r.weight(inner, cross_dim)
         ip[f"{n}.to_v_ip.weight"] = r.weight(inner, cross_dim)
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
+def perceiver(r: Randn, dim: int, heads: int, embedding_dim: int, output_dim: int, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The official Resampler / FacePerceiverResampler body: proj_in, 4 x (attention, feed-forward), proj_out, norm_out."""
+    proj = {f"{prefix}proj_in.weight": r.weight(dim, embedding_dim), f"{prefix}proj_in.bias": r(dim, scale=0.1),
+            f"{prefix}proj_out.weight": r.weight(output_dim, dim), f"{prefix}proj_out.bias": r(output_dim, scale=0.1), **r.norm(output_dim, f"{prefix}norm_out")}
+    for i in range(4):
+        p = f"{prefix}layers.{i}"
+        proj.update({**r.norm(dim, f"{p}.0.norm1"), **r.norm(dim, f"{p}.0.norm2"),
+                     f"{p}.0.to_q.weight": r.weight(heads * 64, dim), f"{p}.0.to_kv.weight": r.weight(2 * heads * 64, dim),
+                     f"{p}.0.to_out.weight": r.weight(dim, heads * 64), **r.norm(dim, f"{p}.1.0"),
+                     f"{p}.1.1.weight": r.weight(4 * dim, dim), f"{p}.1.3.weight": r.weight(dim, 4 * dim)})
+    return proj
+
+
+# The official FaceID files (h94/IP-Adapter-FaceID): what their projections are and whether a LoRA is inside.
+FACEID_KINDS = ("faceid", "faceid-plus", "portrait", "portrait-unnorm")
+
+
+def faceid_state_dict(
+    kind: str,
+    layer_dims: list[tuple[int, int]],
+    cross_dim: int = 768,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    lora_rank: int = 128,
+    lora_scale: float = 1.0,
+    device: str = "cpu",
+) -> dict[str, dict[str, torch.Tensor]]:
+    """A random FaceID adapter in the official nested layout.
+
+    faceid: MLP 512 -> 1024 -> 4 tokens + LayerNorm, and a LoRA on every attention layer (attn1 at
+    n - 1, attn2 at n, for each cross-attention layer n). faceid-plus (also plusv2's file): the same
+    MLP plus a FacePerceiverResampler (width cross_dim, cross_dim / 64 heads) on ViT-H hidden states,
+    and the LoRA. portrait: the MLP with 16 tokens, no LoRA. portrait-unnorm (SDXL): a plus Resampler
+    (1280 wide, 20 heads, 16 queries) reading the raw 512-d embedding as one token, no LoRA.
+    lora_scale scales the LoRA's up weights (how far it moves the UNet).
+    """
+    if kind not in FACEID_KINDS:
+        raise ValueError(kind)
+    r = Randn(seed, dtype, device)
+    tokens = 16 if kind.startswith("portrait") else 4
+    if kind == "portrait-unnorm":
+        proj = {"latents": r(1, tokens, 1280, scale=1280**-0.5), **perceiver(r, 1280, 20, 512, cross_dim)}
+    else:
+        proj = {"proj.0.weight": r.weight(1024, 512), "proj.0.bias": r(1024, scale=0.1), "proj.2.weight": r.weight(tokens * cross_dim, 1024),
+                "proj.2.bias": r(tokens * cross_dim, scale=0.1), **r.norm(cross_dim, "norm")}
+        if kind == "faceid-plus":
+            proj.update(perceiver(r, cross_dim, cross_dim // 64, 1280, cross_dim, prefix="perceiver_resampler."))
+    ip = {}
+    for n, inner in layer_dims:
+        ip[f"{n}.to_k_ip.weight"] = r.weight(inner, cross_dim)
+        ip[f"{n}.to_v_ip.weight"] = r.weight(inner, cross_dim)
+        if kind in ("faceid", "faceid-plus"):
+            for index, context in ((n - 1, inner), (n, cross_dim)):  # self-attention, then cross-attention
+                for projection, in_dim in (("q", inner), ("k", context), ("v", context), ("out", inner)):
+                    ip[f"{index}.to_{projection}_lora.down.weight"] = r.weight(lora_rank, in_dim)
+                    ip[f"{index}.to_{projection}_lora.up.weight"] = r(inner, lora_rank, scale=lora_scale / math.sqrt(lora_rank))
     return {"image_proj": proj, "ip_adapter": ip}
 
 
