@@ -96,6 +96,10 @@ def detection_model():
         if stride == STRIDES[-1]:
             nodes.append(helper.make_node("AveragePool", [pooled], ["around"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0, name="around"))
             nodes.append(helper.make_node("Sub", [pooled, "around"], ["contrast"], name="contrast"))
+            # Only a patch at least as contrasted as its 8 neighbours fires: one detection per square.
+            nodes.append(helper.make_node("MaxPool", ["contrast"], ["peak_value"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="peak_value"))
+            nodes.append(helper.make_node("GreaterOrEqual", ["contrast", "peak_value"], ["is_peak"], name="is_peak"))
+            nodes.append(helper.make_node("Cast", ["is_peak"], ["peak"], to=TensorProto.FLOAT, name="peak"))
             source = "contrast"
             score = ([CONTRAST_GAIN] * ANCHORS, [-CONTRAST_GAIN * CONTRAST_THRESHOLD] * ANCHORS)
             box = ([BOX_SLOPE] * 4 * ANCHORS, [BOX_BASE] * 4 * ANCHORS)
@@ -107,7 +111,11 @@ def detection_model():
             box, kps = ([0.0] * 4 * ANCHORS, [1.0] * 4 * ANCHORS), ([0.0] * 10 * ANCHORS, [0.0] * 10 * ANCHORS)
         logits = conv(f"logits{stride}", source, *score)
         nodes.append(helper.make_node("Sigmoid", [logits], [f"sigmoid{stride}"], name=f"sigmoid{stride}"))
-        flatten(f"score{stride}", f"sigmoid{stride}", 1, f"score_{stride}")
+        probability = f"sigmoid{stride}"
+        if stride == STRIDES[-1]:
+            nodes.append(helper.make_node("Mul", [probability, "peak"], ["peak_score"], name="peak_score"))
+            probability = "peak_score"
+        flatten(f"score{stride}", probability, 1, f"score_{stride}")
         flatten(f"box{stride}", conv(f"boxes{stride}", source, *box), 4, f"bbox_{stride}")
         flatten(f"kps{stride}", conv(f"points{stride}", source, *kps), 10, f"kps_{stride}")
         outputs["score"].append((f"score_{stride}", 1))
