@@ -6,7 +6,7 @@ PY := .venv/bin/python
 
 setup: .venv/.installed
 
-.venv/.installed: scripts/setup.sh requirements.txt requirements-dev.txt requirements-train.txt
+.venv/.installed: scripts/setup.sh requirements.txt requirements-faceid.txt requirements-dev.txt requirements-train.txt
 	scripts/setup.sh
 
 demo: setup

@@ -5,9 +5,11 @@ from __future__ import annotations
 from .api import ComfyExtension, io
 from .apply_ipadapter import ApplyIPAdapter
 from .combine_image_prompts import CombineImagePrompts
+from .encode_face_image_prompt import EncodeFaceImagePrompt
 from .encode_image_prompt import EncodeImagePrompt
 from .folders import register_model_folder
 from .ipadapter_simple import IPAdapter
+from .load_insightface import LoadInsightFace
 from .load_ipadapter import LoadIPAdapter
 from .negative_image import MakeNegativeImage
 from .paired_loader import LoadIPAdapterAndEncoder
@@ -28,6 +30,8 @@ NODES: tuple[type[io.ComfyNode], ...] = (
     SaveImagePrompt,
     LoadImagePrompt,
     LoadIPAdapterAndEncoder,
+    LoadInsightFace,
+    EncodeFaceImagePrompt,
 )
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy.model_patcher import ModelPatcher
 
 from ..ipadapter_core.errors import IPAdapterError
 from ..ipadapter_core.image_branch import SCALING_MODES, ImageBranch
 from ..ipadapter_core.image_prompt import ImagePrompt
-from ..ipadapter_core.layer_map import LayerKey, cross_attention_layers, match_adapter
+from ..ipadapter_core.layer_map import CrossAttentionLayer, LayerKey, cross_attention_layers, lora_weight_pairs, match_adapter
 from ..ipadapter_core.layer_weights import WEIGHT_TYPES, apply_layer_spec, composition_factors, layer_factors
 from .api import CATEGORY, io
 from .attention_patch import install_branch
@@ -16,6 +18,7 @@ from .load_ipadapter import LoadedIPAdapter
 from .socket_types import ImagePromptSocket, IPAdapterSocket, WeightScheduleSocket
 
 ADDITIONAL_MODELS_KEY = "ipadapter"
+UNET_PREFIX = "diffusion_model."  # where the UNet's weights sit in the model's state dict
 
 
 def model_input() -> io.Input:
@@ -71,6 +74,10 @@ class ApplyIPAdapter(io.ComfyNode):
                 ImagePromptSocket.Input("composition_image_prompt", optional=True, tooltip="With weight_type 'style and composition': the prompt for the composition layers (default: image_prompt)."),
                 io.Float.Input("composition_weight", default=1.0, min=-1.0, max=5.0, step=0.05, optional=True, tooltip="With 'style and composition': the weight of the composition layers."),
                 io.String.Input("layer_weights", default="", optional=True, tooltip="Power users: per-layer factors applied after weight_type, e.g. 'all:0, style:1, output 4:0.5, middle 0.3:0'."),
+                io.Float.Input(
+                    "lora_strength", default=1.0, min=-1.0, max=3.0, step=0.05, optional=True,
+                    tooltip="FaceID adapters with a LoRA inside (faceid, plus, plusv2): its strength on the UNet, 1 as trained; 0 leaves the UNet's weights alone. Added once per model, like a LoRA node; other adapters ignore it.",
+                ),
             ],
             outputs=[patched_model_output("A copy of the model with the image branch added; the input model is unchanged.")],
         )
@@ -92,10 +99,11 @@ class ApplyIPAdapter(io.ComfyNode):
         composition_image_prompt: ImagePrompt | None = None,
         composition_weight: float = 1.0,
         layer_weights: str = "",
+        lora_strength: float = 1.0,
     ) -> io.NodeOutput:
         return io.NodeOutput(apply_prompt(
             model, ipadapter, image_prompt, weight, start_at, end_at, weight_type, embeds_scaling, attn_mask,
-            unfold_batch, weight_schedule, composition_image_prompt, composition_weight, layer_weights,
+            unfold_batch, weight_schedule, composition_image_prompt, composition_weight, layer_weights, lora_strength,
         ))
 
 
@@ -114,8 +122,10 @@ def apply_prompt(
     composition_image_prompt: ImagePrompt | None = None,
     composition_weight: float = 1.0,
     layer_weights: str = "",
+    lora_strength: float = 1.0,
 ) -> ModelPatcher:
-    """A clone of `model` with the image branch (two with 'style and composition') installed."""
+    """A clone of `model` with the image branch (two with 'style and composition') installed, and a
+    FaceID adapter's in-file LoRA as weight patches."""
     layers = match_adapter(cross_attention_layers(model.get_model_object("diffusion_model")), ipadapter.model.spec)
     if composition_image_prompt is not None and weight_type != "style and composition":
         raise IPAdapterError("composition_image_prompt is used only with weight_type 'style and composition'; pick that weight type or disconnect it.")
@@ -134,10 +144,12 @@ def apply_prompt(
         prompt = composition_image_prompt if composition_image_prompt is not None else image_prompt
         weight_c = check_range("composition_weight", composition_weight, -1.0, 5.0)
         branches.append(make_branch(ipadapter, prompt, weight_c, composition_factors(layers), **common))
+    lora_strength = check_range("lora_strength", lora_strength, -1.0, 3.0)
     patched = model.clone()
     for branch in branches:
         install_branch(patched, layers, branch)
     register_adapter(patched, ipadapter)
+    add_adapter_lora(patched, layers, ipadapter, lora_strength)
     return patched
 
 
@@ -154,6 +166,30 @@ def register_adapter(patched: ModelPatcher, ipadapter: LoadedIPAdapter) -> None:
     adapters = patched.get_additional_models_with_key(ADDITIONAL_MODELS_KEY)
     if not any(m.model is ipadapter.patcher.model for m in adapters):
         patched.set_additional_models(ADDITIONAL_MODELS_KEY, adapters + [ipadapter.patcher])
+
+
+def add_adapter_lora(patched: ModelPatcher, layers: list[CrossAttentionLayer], ipadapter: LoadedIPAdapter, strength: float) -> None:
+    """The FaceID file's LoRA as ordinary weight patches of the clone, like a LoRA loader's.
+
+    ComfyUI merges them when it loads the model (and unmerges them for other clones), so they
+    compose with LoRA nodes, weight offloading and low-VRAM modes. Applying the same adapter twice
+    to one model (two regions, two faces) adds its LoRA once.
+    """
+    pairs = ipadapter.model.lora_pairs()
+    if not pairs or strength == 0.0:
+        return
+    from comfy.weight_adapter.lora import LoRAAdapter  # imported here: ComfyUI builds without it still load the pack
+
+    weights = lora_weight_pairs(patched.get_model_object("diffusion_model"), layers, pairs)
+    first_key, (_, first_up) = next(iter(weights.items()))
+    if any(isinstance(p[1], LoRAAdapter) and p[1].weights[0] is first_up for p in patched.patches.get(UNET_PREFIX + first_key, [])):
+        logging.info("IP-Adapter %s: its LoRA is already on this model; not adding it twice", ipadapter.name)
+        return
+    patches = {UNET_PREFIX + key: LoRAAdapter(set(), (up, down, None, None, None, None)) for key, (down, up) in weights.items()}
+    added = patched.add_patches(patches, strength)
+    if len(added) != len(patches):
+        missing = sorted(set(patches) - set(added))[:3]
+        raise IPAdapterError(f"The model has no weights {', '.join(missing)}...; the FaceID adapter's LoRA does not fit it. Use a FaceID adapter made for this model.")
 
 
 def prepare_mask(mask: torch.Tensor | None) -> torch.Tensor | None:

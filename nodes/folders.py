@@ -1,4 +1,4 @@
-"""The `ipadapter` model folder: models/ipadapter by default, more via extra_model_paths.yaml."""
+"""The `ipadapter` and `insightface` model folders: models/<name> by default, more via extra_model_paths.yaml."""
 
 from __future__ import annotations
 
@@ -8,22 +8,27 @@ import folder_paths
 
 FOLDER = "ipadapter"
 EXTENSIONS = {".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"}
+# InsightFace's model packs, where users already keep them: models/insightface/models/<pack>/*.onnx.
+INSIGHTFACE_FOLDER = "insightface"
 
 
 def register_model_folder() -> None:
-    """Make models/ipadapter the default entry without dropping paths users configured.
+    """Make models/ipadapter and models/insightface default entries without dropping paths users configured."""
+    add_default_folder(FOLDER, EXTENSIONS)
+    add_default_folder(INSIGHTFACE_FOLDER, {".onnx"})
 
-    extra_model_paths.yaml is applied before custom nodes load and may already have created the
-    entry (with no extension filter); keep its paths and add ours after them.
-    """
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths, extensions = folder_paths.folder_names_and_paths[FOLDER]
+
+def add_default_folder(name: str, extensions: set[str]) -> None:
+    """extra_model_paths.yaml is applied before custom nodes load and may already have created the
+    entry (with no extension filter); keep its paths and add ours after them."""
+    default = os.path.join(folder_paths.models_dir, name)
+    if name in folder_paths.folder_names_and_paths:
+        paths, configured = folder_paths.folder_names_and_paths[name]
         if default not in paths:
             paths.append(default)
-        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(extensions) | EXTENSIONS)
+        folder_paths.folder_names_and_paths[name] = (paths, set(configured) | extensions)
     else:
-        folder_paths.folder_names_and_paths[FOLDER] = ([default], set(EXTENSIONS))
+        folder_paths.folder_names_and_paths[name] = ([default], set(extensions))
 
 
 def check_listed(folder: str, file_name: str) -> bool | str:

@@ -11,8 +11,10 @@ from .api import io
 IPADAPTER = "EXACT_IPADAPTER"
 IMAGE_PROMPT = "EXACT_IMAGE_PROMPT"
 WEIGHT_SCHEDULE = "EXACT_IPADAPTER_WEIGHTS"
+INSIGHTFACE = "EXACT_INSIGHTFACE"  # the leading pack registers INSIGHTFACE, the host FACE_ANALYSIS
 
 # The V3 types for those names: `IPAdapterSocket.Input(...)`, `IPAdapterSocket.Output(...)`.
 IPAdapterSocket = io.Custom(IPADAPTER)
 ImagePromptSocket = io.Custom(IMAGE_PROMPT)
 WeightScheduleSocket = io.Custom(WEIGHT_SCHEDULE)
+InsightFaceSocket = io.Custom(INSIGHTFACE)

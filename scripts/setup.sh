@@ -20,6 +20,6 @@ else
 fi
 mkdir -p .cache
 grep -vE '^(torch|torchvision|torchaudio)([<>=!~ ].*)?$' "$comfy_dir/requirements.txt" > .cache/comfyui-requirements.txt
-# requirements-train.txt: the trainer's tests run in CI too.
-$pip install --quiet -r .cache/comfyui-requirements.txt -r requirements.txt -r requirements-dev.txt -r requirements-train.txt
+# requirements-faceid.txt (optional for users) and requirements-train.txt: their tests run in CI too.
+$pip install --quiet -r .cache/comfyui-requirements.txt -r requirements.txt -r requirements-faceid.txt -r requirements-dev.txt -r requirements-train.txt
 touch .venv/.installed

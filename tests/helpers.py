@@ -1,6 +1,10 @@
-"""Shared test helpers: one model evaluation through ComfyUI's real sampler and what it predicted, inputs, node instances."""
+"""Shared test helpers: one model evaluation through ComfyUI's real sampler and what it predicted, inputs,
+node instances, and the full-size SD1.5 UNet run by both ComfyUI and diffusers for reference comparisons."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 
@@ -47,3 +51,49 @@ def node(name: str):
     from tools.comfy_host import NodeRunner, pack_nodes
 
     return NodeRunner(pack_nodes()[name])
+
+
+def full_sd15(comfy):
+    """A random full-size SD1.5 UNet in diffusers, and ComfyUI's model loaded from the same weights."""
+    from diffusers import UNet2DConditionModel
+
+    from tools import random_models
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**random_models.DIFFUSERS_UNET_CONFIGS["sd15"]).eval()
+    model = comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in unet.state_dict().items()})
+    assert type(model.model).__name__ == "BaseModel" and model.model.model_config.__class__.__name__ == "SD15"
+    return unet, model
+
+
+def diffusers_pipeline(unet):
+    """Just enough of a pipeline for diffusers' own IP-Adapter loader (load_ip_adapter) and, for FaceID's
+    in-file LoRA, its LoRA loader (load_lora_weights through PEFT) to load into a UNet."""
+    from diffusers.loaders import IPAdapterMixin, StableDiffusionLoraLoaderMixin
+
+    class Pipeline(IPAdapterMixin, StableDiffusionLoraLoaderMixin):
+        def __init__(self):
+            self.unet, self.text_encoder, self.hf_device_map, self.components = unet, None, None, {"unet": unet}
+
+    return Pipeline()
+
+
+def diffusers_noise(unet, adapter_state_dict, x, sigma, timestep, contexts, image_embeds, configure: Callable | None = None):
+    """diffusers' noise prediction for the CFG batch [cond, uncond] with the adapter loaded by diffusers itself.
+
+    configure(projection) sets what diffusers' projection reads from attributes (FaceID plus: CLIP
+    hidden states and the v2 shortcut). The UNet is restored afterwards, LoRA layers included.
+    """
+    pipeline = diffusers_pipeline(unet)
+    pipeline.load_ip_adapter(adapter_state_dict, subfolder="", weight_name="adapter.bin")
+    pipeline.set_ip_adapter_scale(1.0)
+    try:
+        if configure is not None:
+            configure(unet.encoder_hid_proj.image_projection_layers[0])
+        with torch.no_grad():
+            x_in = (x / math.sqrt(sigma**2 + 1)).repeat(2, 1, 1, 1)
+            return unet(x_in, timestep, encoder_hidden_states=torch.cat(contexts), added_cond_kwargs={"image_embeds": [image_embeds]}).sample
+    finally:
+        pipeline.unload_ip_adapter()
+        if getattr(unet, "peft_config", None):
+            pipeline.unload_lora_weights()

@@ -51,6 +51,7 @@ OUTPUTS = {
     "layer_weights": (256, 256, 1),
     "wide_reference": (256, 256, 1),
     "unfold_batch": (256, 256, 2),
+    "face_identity": (256, 256, 1),
 }
 SAVE_PROMPT = "save_image_prompt"  # writes an .imageprompt file, no image
 WEIGHT_WIDGETS = {"ExactApplyIPAdapter": ("weight", "composition_weight"), "ExactIPAdapter": ("weight",)}

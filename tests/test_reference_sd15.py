@@ -8,12 +8,10 @@ noise predictions must match diffusers' to a relative error below 1e-4.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
-from helpers import conditioning, node, predict_noise, relative_error
+from helpers import conditioning, diffusers_noise, full_sd15, node, predict_noise, relative_error
 from tools import random_models
 
 pytestmark = pytest.mark.slow
@@ -29,36 +27,9 @@ VARIANTS = {
 }
 
 
-class DiffusersPipelineStub:
-    """Just enough of a pipeline for diffusers' IPAdapterMixin.load_ip_adapter to load into a UNet."""
-
-    def __init__(self, unet):
-        self.unet = unet
-
-
 @pytest.fixture(scope="module")
 def sd15(comfy):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**random_models.DIFFUSERS_UNET_CONFIGS["sd15"]).eval()
-    model = comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in unet.state_dict().items()})
-    assert type(model.model).__name__ == "BaseModel" and model.model.model_config.__class__.__name__ == "SD15"
-    return unet, model
-
-
-def diffusers_noise(unet, adapter_state_dict, x, sigma, timestep, contexts, image_embeds):
-    from diffusers.loaders import IPAdapterMixin
-
-    stub = type("Pipeline", (IPAdapterMixin,), {"__init__": DiffusersPipelineStub.__init__})(unet)
-    stub.load_ip_adapter(adapter_state_dict, subfolder="", weight_name="adapter.bin")
-    stub.set_ip_adapter_scale(1.0)
-    try:
-        with torch.no_grad():
-            x_in = (x / math.sqrt(sigma**2 + 1)).repeat(2, 1, 1, 1)
-            return unet(x_in, timestep, encoder_hidden_states=torch.cat(contexts), added_cond_kwargs={"image_embeds": [image_embeds]}).sample
-    finally:
-        stub.unload_ip_adapter()
+    return full_sd15(comfy)
 
 
 def features(kind: str, clip_dim: int, seed: int):

@@ -56,7 +56,7 @@ class ComfyServer:
     """`with ComfyServer(base_dir, models_dir) as server:` - a started server, stopped on exit.
 
     base_dir becomes ComfyUI's --base-directory (custom_nodes/, models/, input/, output/, user/,
-    server.log). Every file of models_dir/<folder>/ is linked into base_dir/models/<folder>/.
+    server.log). Every file under models_dir/<folder>/ is linked to the same place under base_dir/models/.
     install: "symlink" links the repository into custom_nodes/ (edits show up on restart);
     "copy" copies the files git tracks or would track (not .venv, .cache or anything ignored), as
     a clone by ComfyUI Manager holds them, which catches a pack that needs an ignored file.
@@ -136,11 +136,12 @@ class ComfyServer:
             pack.symlink_to(REPO, target_is_directory=True)
         else:
             copy_tracked_files(REPO, pack)
-        if self.models_dir is not None:
-            for source in sorted(self.models_dir.glob("*/*")):
-                if source.is_file() and not source.parent.name.startswith("."):
-                    link = self.base_dir / "models" / source.parent.name / source.name
-                    link.parent.mkdir(exist_ok=True)
+        if self.models_dir is not None:  # nested too: InsightFace packs live in insightface/models/<pack>/
+            for source in sorted(self.models_dir.rglob("*")):
+                relative = source.relative_to(self.models_dir)
+                if source.is_file() and len(relative.parts) > 1 and not any(part.startswith(".") for part in relative.parts):
+                    link = self.base_dir / "models" / relative
+                    link.parent.mkdir(parents=True, exist_ok=True)
                     if link.is_symlink():
                         link.unlink()
                     if not link.exists():  # a real file a user put there wins

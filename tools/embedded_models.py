@@ -10,8 +10,9 @@ seeds are fixed so every build is identical, and each file is built once and mov
 only when complete (and verified by the stock loader that will read it), so a half-written or
 misdetected file is never loaded.
 
-The shipped workflows also need a ControlNet and a LoRA for the tiny UNet, plus adapters, and an
-SDXL checkpoint (about 4.3 GB and 3-4 minutes for the whole folder, once). ComfyUI's SDXL detection does not look at channel_mult, so an SDXL UNet with
+The shipped workflows also need a ControlNet and a LoRA for the tiny UNet, plus adapters (a FaceID
+plusv2 one with its in-file LoRA, and InsightFace's buffalo_l pack as tiny ONNX stand-ins written by
+tools.tiny_insightface), and an SDXL checkpoint (about 4.3 GB and 3-4 minutes for the whole folder, once). ComfyUI's SDXL detection does not look at channel_mult, so an SDXL UNet with
 channel_mult [1, 1, 1] (all levels 320 wide) but SDXL's transformer depths, text width 2048 and
 ADM input 2816 loads as SDXL at a tenth of the size. Its text encoders cannot shrink (ComfyUI builds
 CLIP-L and the 32-layer CLIP-G from fixed configs), so that file is large (~2.3 GB) but built once.
@@ -42,8 +43,11 @@ CONTROLNET = "controlnet/control_v11p_sd15_canny_fp16.safetensors"
 LORA = "loras/add_detail.safetensors"
 SDXL_CHECKPOINT = "checkpoints/sd_xl_base_1.0.safetensors"
 IPADAPTER_PLUS_SDXL = "ipadapter/ip-adapter-plus_sdxl_vit-h.safetensors"
+IPADAPTER_FACEID = "ipadapter/ip-adapter-faceid-plusv2_sd15.bin"
+INSIGHTFACE_DETECTION = "insightface/models/buffalo_l/det_10g.onnx"
+INSIGHTFACE_RECOGNITION = "insightface/models/buffalo_l/w600k_r50.onnx"
 SEEDS = {"unet": 0, "text_encoder": 1, "vae": 2, "clip_vision": 3, "ipadapter": 4, "ipadapter_plus": 5, "controlnet": 6, "lora": 7,
-         "sdxl_unet": 8, "sdxl_clip_l": 9, "sdxl_clip_g": 10, "sdxl_vae": 11, "ipadapter_plus_sdxl": 12}
+         "sdxl_unet": 8, "sdxl_clip_l": 9, "sdxl_clip_g": 10, "sdxl_vae": 11, "ipadapter_plus_sdxl": 12, "ipadapter_faceid": 13}
 
 # CLIP ViT-L/14's text tower, the SD1.5 text encoder (openai/clip-vit-large-patch14) and SDXL's first one.
 CLIP_TEXT_CONFIG = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -69,6 +73,7 @@ def build_embedded_models(target_dir: Path = DEFAULT_TARGET) -> Path:
     writers: dict[str, Callable[[Path], None]] = {
         CHECKPOINT: write_checkpoint, CLIP_VISION: write_clip_vision, IPADAPTER: write_ipadapter, IPADAPTER_PLUS: write_ipadapter_plus,
         CONTROLNET: write_controlnet, LORA: write_lora, SDXL_CHECKPOINT: write_sdxl_checkpoint, IPADAPTER_PLUS_SDXL: write_ipadapter_plus_sdxl,
+        IPADAPTER_FACEID: write_ipadapter_faceid, INSIGHTFACE_DETECTION: write_insightface_detection, INSIGHTFACE_RECOGNITION: write_insightface_recognition,
     }
     for relative, write in writers.items():
         path = target / relative
@@ -82,7 +87,7 @@ def build_embedded_models(target_dir: Path = DEFAULT_TARGET) -> Path:
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write (and check) in a hidden folder outside every model folder, then rename into place.
+    """Write (and check) in a hidden folder beside the model's folder, then rename into place.
 
     A server listing models/ meanwhile, or a second builder running at the same time, sees
     either no file or a complete one.
@@ -255,3 +260,29 @@ def write_ipadapter_plus_sdxl(path: Path) -> None:
     layer_dims = layer_dims_of(small_sdxl_unet_state_dict(SEEDS["sdxl_unet"]))
     adapter = random_models.adapter_state_dict("plus", layer_dims, cross_dim=2048, resampler_heads=20, seed=SEEDS["ipadapter_plus_sdxl"], dtype=torch.float16)
     random_models.save_adapter(adapter, path)
+
+
+def write_ipadapter_faceid(path: Path) -> None:
+    """FaceID plusv2 SD1.5 (face MLP + face perceiver on ViT-H hidden states, LoRA rank 128 on every
+    attention layer) for the tiny UNet, as the released .bin."""
+    layer_dims = layer_dims_of(random_models.tiny_unet_state_dict(SEEDS["unet"]))
+    adapter = random_models.faceid_state_dict("faceid-plus", layer_dims, lora_rank=128, lora_scale=0.3, seed=SEEDS["ipadapter_faceid"], dtype=torch.float16)
+    random_models.save_adapter(adapter, path)
+
+
+def write_insightface_detection(path: Path) -> None:
+    """buffalo_l's detector as a tiny ONNX model with SCRFD's inputs and outputs."""
+    import onnx
+
+    from tools.tiny_insightface import detection_model
+
+    onnx.save(detection_model(), str(path))
+
+
+def write_insightface_recognition(path: Path) -> None:
+    """buffalo_l's recognition model as a tiny ONNX model with ArcFace's inputs and outputs."""
+    import onnx
+
+    from tools.tiny_insightface import recognition_model
+
+    onnx.save(recognition_model(), str(path))
