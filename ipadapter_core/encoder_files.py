@@ -93,6 +93,11 @@ def find_encoder(spec: AdapterSpec, files: Iterable[str | Path]) -> Path:
 
     Raises IPAdapterError naming the file to download when none fits.
     """
+    if not spec.needs_clip:
+        raise IPAdapterError(
+            f"The {spec.description} needs no CLIP vision model: load it with Load IP-Adapter, and encode faces with "
+            "Encode Face Image Prompt and Load InsightFace."
+        )
     fitting, seen = [], []
     for path in map(Path, files):
         widths = read_encoder_widths(path)

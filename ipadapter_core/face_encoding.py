@@ -28,6 +28,17 @@ def require_faceid_adapter(adapter: IPAdapterModel) -> None:
         )
 
 
+def check_face_encoder(adapter: IPAdapterModel, has_clip_encoder: bool) -> None:
+    """Before any face is analysed: a FaceID adapter, and CLIP vision exactly where the adapter reads it."""
+    require_faceid_adapter(adapter)
+    spec = adapter.spec
+    if spec.needs_clip and not has_clip_encoder:
+        raise IPAdapterError(
+            f"The {spec.description} also reads CLIP's view of the face: connect clip_vision "
+            f"({spec.encoder_file} from models/clip_vision)."
+        )
+
+
 def encode_face_image_prompt(
     adapter: IPAdapterModel,
     faces: Sequence[Face],
@@ -43,18 +54,13 @@ def encode_face_image_prompt(
 
     weights: one per face. shortcut_scale: plusv2's shortcut (None: plus v1); other adapters ignore it.
     """
-    require_faceid_adapter(adapter)
+    check_face_encoder(adapter, encode is not None)
     spec = adapter.spec
     if not faces:
         raise IPAdapterError("No faces to encode; connect at least one reference image with a face.")
     embeddings = torch.stack([face.embedding_for(spec.face_embedding) for face in faces])
     clip = clip_uncond = None
     if spec.needs_clip:
-        if encode is None:
-            raise IPAdapterError(
-                f"The {spec.description} also reads CLIP's view of the face: connect clip_vision "
-                f"({spec.encoder_file} from models/clip_vision)."
-            )
         clip = encode(clip_pixels(torch.stack([face.crop for face in faces]), size, mean, std))
         check_feature_width(spec, clip)
         clip_uncond = encode(torch.zeros(1, 3, size, size, device=clip.device)).expand_as(clip)
