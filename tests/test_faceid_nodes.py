@@ -197,10 +197,17 @@ def test_weight_zero_leaves_only_the_lora(comfy, tiny_model, models, insightface
 
 # --- bad input: clear errors before sampling ---------------------------------------------------
 
-def test_clip_adapter_into_the_face_node_and_the_reverse(models, insightface, small_clip_vision):
+def test_clip_adapter_into_the_face_node_and_the_reverse(tiny_model, models, insightface, small_clip_vision):
+    clip_adapter = load("tiny_clip_base.safetensors")
     with pytest.raises(Exception, match="not a FaceID adapter.*Encode Image Prompt"):
-        encode(load("tiny_clip_base.safetensors"), insightface)
+        encode(clip_adapter, insightface)
     face_only = load("tiny_faceid.safetensors")
+    clip_prompt = node("ExactEncodeImagePrompt").encode(clip_adapter, small_clip_vision, face_batch())[0]
+    face_prompt, _ = encode(face_only, insightface)
+    with pytest.raises(Exception, match="encoded by a different IP-Adapter.*FaceID"):
+        apply(tiny_model, face_only, clip_prompt)
+    with pytest.raises(Exception, match="encoded by a different IP-Adapter.*FaceID"):
+        apply(tiny_model, clip_adapter, face_prompt)
     with pytest.raises(Exception, match="FaceID.*Encode Face Image Prompt"):
         node("ExactEncodeImagePrompt").encode(face_only, small_clip_vision, face_batch())
     with pytest.raises(Exception, match="FaceID plus.*Encode Face Image Prompt"):
