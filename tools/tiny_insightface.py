@@ -68,7 +68,6 @@ def write_atomically(model, path: Path) -> None:
 
 
 def detection_model():
-    import onnx
     from onnx import TensorProto, helper
 
     nodes, initializers = [], []
