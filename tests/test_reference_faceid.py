@@ -33,6 +33,16 @@ def sd15(comfy):
     return full_sd15(comfy)
 
 
+POSITIVE, NEGATIVE = conditioning(1), conditioning(2)
+NOISE = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def bare_cond(comfy, sd15):
+    """The model's conditional prediction without any adapter, shared by every variant."""
+    return predict_noise(comfy, sd15[1], NOISE, SIGMA, POSITIVE, NEGATIVE)[1]
+
+
 def inputs(faces: int, seed: int):
     """Unit face embeddings (InsightFace's normed_embedding) and CLIP ViT-H hidden states (cond, and the zero-pixel answer)."""
     generator = torch.Generator().manual_seed(seed)
@@ -42,7 +52,7 @@ def inputs(faces: int, seed: int):
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_matches_diffusers(comfy, pack, sd15, tmp_path, name):
+def test_matches_diffusers(comfy, pack, sd15, bare_cond, tmp_path, name):
     from comfyui_ipadapter.ipadapter_core.adapter import IPAdapterModel
     from comfyui_ipadapter.ipadapter_core.face_encoding import project_faces
     from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
@@ -59,9 +69,7 @@ def test_matches_diffusers(comfy, pack, sd15, tmp_path, name):
     apply = NODE_CLASS_MAPPINGS["ExactApplyIPAdapter"]().apply
     (patched,) = apply(model, adapter, prompt, 1.0, 0.0, 1.0)
 
-    positive, negative = conditioning(1), conditioning(2)
-    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
-    x, eps_cond, eps_uncond, sigma = predict_noise(comfy, patched, noise, SIGMA, positive, negative)
+    x, eps_cond, eps_uncond, sigma = predict_noise(comfy, patched, NOISE, SIGMA, POSITIVE, NEGATIVE)
     timestep = model.get_model_object("model_sampling").timestep(sigma)
 
     def configure(projection):  # what diffusers' FaceID plus projection reads besides the face embeddings
@@ -70,15 +78,14 @@ def test_matches_diffusers(comfy, pack, sd15, tmp_path, name):
             projection.shortcut, projection.shortcut_scale = True, variant["shortcut"]
 
     embeds = torch.stack([faces, torch.zeros_like(faces)])  # (cond/uncond, faces, 512)
-    expected = diffusers_noise(unet, state_dict, x, SIGMA, timestep, [positive[0][0], negative[0][0]], embeds, configure)
+    expected = diffusers_noise(unet, state_dict, x, SIGMA, timestep, [POSITIVE[0][0], NEGATIVE[0][0]], embeds, configure)
 
     errors = relative_error(eps_cond, expected[:1]), relative_error(eps_uncond, expected[1:])
     log.info("%s: relative error cond %.2e, uncond %.2e", name, *errors)
     assert errors[0] < 1e-4 and errors[1] < 1e-4, errors
     # The comparison means something only if the image branch, and the LoRA where there is one, move the prediction.
-    _, bare_cond, _, _ = predict_noise(comfy, model, noise, SIGMA, positive, negative)
     assert relative_error(bare_cond, eps_cond) > 1e-2
     if adapter.model.spec.lora_rank:
         (without_lora,) = apply(model, adapter, prompt, 1.0, 0.0, 1.0, lora_strength=0.0)
-        _, no_lora_cond, _, _ = predict_noise(comfy, without_lora, noise, SIGMA, positive, negative)
+        _, no_lora_cond, _, _ = predict_noise(comfy, without_lora, NOISE, SIGMA, POSITIVE, NEGATIVE)
         assert relative_error(no_lora_cond, eps_cond) > 1e-2
