@@ -42,12 +42,12 @@ def models(pack, tmp_path_factory, tiny_layer_dims):
 
 
 def load(name):
-    return node("ExactLoadIPAdapter").load(name)[0]
+    return node("ExactLoadIPAdapter")(name)[0]
 
 
 @pytest.fixture(scope="module")
 def insightface(models):
-    return node("ExactLoadInsightFace").load("buffalo_l", "CPU")[0]
+    return node("ExactLoadInsightFace")("buffalo_l", "CPU")[0]
 
 
 def face_batch(*faces) -> torch.Tensor:
@@ -55,11 +55,11 @@ def face_batch(*faces) -> torch.Tensor:
 
 
 def encode(adapter, insightface, image=None, **kwargs):
-    return node("ExactEncodeFaceImagePrompt").encode(adapter, insightface, face_batch() if image is None else image, **kwargs)
+    return node("ExactEncodeFaceImagePrompt")(adapter, insightface, face_batch() if image is None else image, **kwargs)
 
 
 def apply(model, adapter, prompt, weight=1.0, start_at=0.0, end_at=1.0, **kwargs):
-    return node("ExactApplyIPAdapter").apply(model, adapter, prompt, weight, start_at, end_at, **kwargs)[0]
+    return node("ExactApplyIPAdapter")(model, adapter, prompt, weight, start_at, end_at, **kwargs)[0]
 
 
 def evaluate(comfy, model, sigma=4.0):
@@ -107,13 +107,15 @@ def test_faceid_adapter_for_another_layout_is_refused(tiny_model, models):
 
 def test_nodes_are_registered_without_colliding_names(pack):
     from comfyui_ipadapter.nodes.socket_types import INSIGHTFACE
+    from tools.comfy_host import pack_nodes
 
-    assert {"ExactLoadInsightFace", "ExactEncodeFaceImagePrompt"} <= set(pack.NODE_CLASS_MAPPINGS)
+    ids = set(pack_nodes())
+    assert {"ExactLoadInsightFace", "ExactEncodeFaceImagePrompt"} <= ids
     assert INSIGHTFACE == "EXACT_INSIGHTFACE"
     taken = {"IPAdapterFaceID", "IPAdapterInsightFaceLoader", "INSIGHTFACE", "FACE_ANALYSIS"}
-    assert not taken & set(pack.NODE_CLASS_MAPPINGS) and INSIGHTFACE not in taken
-    choices = node("ExactLoadInsightFace").INPUT_TYPES()["required"]["model_name"][0]
-    assert choices[:2] == ["buffalo_l", "antelopev2"]
+    assert not taken & ids and INSIGHTFACE not in taken
+    (model_name,) = [spec for spec in pack_nodes()["ExactLoadInsightFace"].GET_SCHEMA().inputs if spec.id == "model_name"]
+    assert model_name.options[:2] == ["buffalo_l", "antelopev2"]
 
 
 def test_face_prompt_is_the_core_encoding_of_the_detected_face(models, insightface, small_clip_vision):
@@ -183,7 +185,7 @@ def test_faceid_goes_through_the_image_prompt_path(comfy, tiny_model, models, in
         patched = apply(tiny_model, adapter, prompt, **options)
         assert all(isinstance(p, ImagePromptAttention) for p in attn2_patches(patched).values())
         assert relative_error(evaluate(comfy, patched), bare) > 1e-3, options
-    merged = node("ExactCombineImagePrompts").combine(prompt, prompt, "average")[0]
+    merged = node("ExactCombineImagePrompts")(prompt, prompt, "average")[0]
     assert relative_error(evaluate(comfy, apply(tiny_model, adapter, merged)), bare) > 1e-3
 
 
@@ -202,18 +204,18 @@ def test_clip_adapter_into_the_face_node_and_the_reverse(tiny_model, models, ins
     with pytest.raises(Exception, match="not a FaceID adapter.*Encode Image Prompt"):
         encode(clip_adapter, insightface)
     face_only = load("tiny_faceid.safetensors")
-    clip_prompt = node("ExactEncodeImagePrompt").encode(clip_adapter, small_clip_vision, face_batch())[0]
+    clip_prompt = node("ExactEncodeImagePrompt")(clip_adapter, small_clip_vision, face_batch())[0]
     face_prompt, _ = encode(face_only, insightface)
     with pytest.raises(Exception, match="encoded by a different IP-Adapter.*FaceID"):
         apply(tiny_model, face_only, clip_prompt)
     with pytest.raises(Exception, match="encoded by a different IP-Adapter.*FaceID"):
         apply(tiny_model, clip_adapter, face_prompt)
     with pytest.raises(Exception, match="FaceID.*Encode Face Image Prompt"):
-        node("ExactEncodeImagePrompt").encode(face_only, small_clip_vision, face_batch())
+        node("ExactEncodeImagePrompt")(face_only, small_clip_vision, face_batch())
     with pytest.raises(Exception, match="FaceID plus.*Encode Face Image Prompt"):
-        node("ExactEncodeImagePrompt").encode(load("tiny_faceid_plus.safetensors"), small_clip_vision, face_batch())
+        node("ExactEncodeImagePrompt")(load("tiny_faceid_plus.safetensors"), small_clip_vision, face_batch())
     with pytest.raises(Exception, match="needs no CLIP vision model"):
-        node("ExactLoadIPAdapterAndEncoder").load("tiny_faceid.safetensors")
+        node("ExactLoadIPAdapterAndEncoder")("tiny_faceid.safetensors")
 
 
 def test_plus_without_clip_vision_fails_before_face_analysis(models):
@@ -241,7 +243,7 @@ def test_no_face_and_several_faces(models, insightface):
 
 def test_missing_insightface_models_name_folder_and_files(models, tmp_path):
     with pytest.raises(Exception, match=r"'antelopev2' was not found.*scrfd_10g_bnkps\.onnx.*insightface/models/antelopev2"):
-        node("ExactLoadInsightFace").load("antelopev2", "CPU")
+        node("ExactLoadInsightFace")("antelopev2", "CPU")
 
 
 def test_pack_loads_and_works_without_insightface(models, tmp_path):
@@ -250,16 +252,15 @@ def test_pack_loads_and_works_without_insightface(models, tmp_path):
         import sys
         sys.modules["insightface"] = None  # `import insightface` now raises ImportError
         sys.path.insert(0, {str(REPO)!r})
-        from tools.comfy_host import import_pack
-        pack = import_pack()
+        from tools.comfy_host import NodeRunner, pack_nodes
+        classes = pack_nodes()
         import folder_paths
         folder_paths.add_model_folder_path("insightface", {str(models / "insightface")!r})
-        classes = pack.NODE_CLASS_MAPPINGS
         assert "ExactLoadInsightFace" in classes and "ExactEncodeFaceImagePrompt" in classes
-        schedule = classes["ExactIPAdapterWeightSchedule"]().schedule(4, 1.0, 0.0, "linear")
+        schedule = NodeRunner(classes["ExactIPAdapterWeightSchedule"])(4, 1.0, 0.0, "linear")
         assert max(abs(a - b) for a, b in zip(schedule[0], (1.0, 2 / 3, 1 / 3, 0.0))) < 1e-9, schedule
         try:
-            classes["ExactLoadInsightFace"]().load("buffalo_l", "CPU")
+            NodeRunner(classes["ExactLoadInsightFace"])("buffalo_l", "CPU")
         except ValueError as error:
             print("ERROR:", error)
     """)

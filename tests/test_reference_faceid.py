@@ -14,7 +14,7 @@ import logging
 import pytest
 import torch
 
-from helpers import conditioning, diffusers_noise, full_sd15, predict_noise, relative_error
+from helpers import conditioning, diffusers_noise, full_sd15, node, predict_noise, relative_error
 from tools import random_models
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,6 @@ def inputs(faces: int, seed: int):
 def test_matches_diffusers(comfy, pack, sd15, bare_cond, tmp_path, name):
     from comfyui_ipadapter.ipadapter_core.adapter import IPAdapterModel
     from comfyui_ipadapter.ipadapter_core.face_encoding import project_faces
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
     from comfyui_ipadapter.nodes.load_ipadapter import wrap_adapter
 
     unet, model = sd15
@@ -66,7 +65,7 @@ def test_matches_diffusers(comfy, pack, sd15, bare_cond, tmp_path, name):
     faces, clip, clip_uncond = inputs(variant["faces"], variant["seed"])
     plus = variant["kind"] == "faceid-plus"
     prompt = project_faces(adapter.model, faces, clip if plus else None, clip_uncond if plus else None, shortcut_scale=variant.get("shortcut"))
-    apply = NODE_CLASS_MAPPINGS["ExactApplyIPAdapter"]().apply
+    apply = node("ExactApplyIPAdapter")
     (patched,) = apply(model, adapter, prompt, 1.0, 0.0, 1.0)
 
     x, eps_cond, eps_uncond, sigma = predict_noise(comfy, patched, NOISE, SIGMA, POSITIVE, NEGATIVE)
