@@ -7,11 +7,12 @@ import logging
 import torch
 from comfy.model_patcher import ModelPatcher
 
+from ..ipadapter_core.branches import FRACTION_RANGE, LORA_STRENGTH_RANGE, WEIGHT_RANGE, build_branches, check_range
 from ..ipadapter_core.errors import IPAdapterError
-from ..ipadapter_core.image_branch import SCALING_MODES, ImageBranch
+from ..ipadapter_core.image_branch import SCALING_MODES
 from ..ipadapter_core.image_prompt import ImagePrompt
-from ..ipadapter_core.layer_map import CrossAttentionLayer, LayerKey, cross_attention_layers, lora_weight_pairs, match_adapter
-from ..ipadapter_core.layer_weights import WEIGHT_TYPES, apply_layer_spec, composition_factors, layer_factors
+from ..ipadapter_core.layer_map import CrossAttentionLayer, cross_attention_layers, lora_weight_pairs, match_adapter
+from ..ipadapter_core.layer_weights import WEIGHT_TYPES
 from .api import CATEGORY, io
 from .attention_patch import install_branch
 from .load_ipadapter import LoadedIPAdapter
@@ -26,15 +27,15 @@ def model_input() -> io.Input:
 
 
 def weight_input() -> io.Input:
-    return io.Float.Input("weight", default=1.0, min=-1.0, max=5.0, step=0.05, tooltip="Strength of the image prompt (λ). 0 leaves the model unchanged.")
+    return io.Float.Input("weight", default=1.0, min=WEIGHT_RANGE[0], max=WEIGHT_RANGE[1], step=0.05, tooltip="Strength of the image prompt (λ). 0 leaves the model unchanged.")
 
 
 def start_at_input() -> io.Input:
-    return io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.001, tooltip="Fraction of the sampling schedule where the image prompt starts acting.")
+    return io.Float.Input("start_at", default=0.0, min=FRACTION_RANGE[0], max=FRACTION_RANGE[1], step=0.001, tooltip="Fraction of the sampling schedule where the image prompt starts acting.")
 
 
 def end_at_input() -> io.Input:
-    return io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.001, tooltip="Fraction of the sampling schedule where it stops.")
+    return io.Float.Input("end_at", default=1.0, min=FRACTION_RANGE[0], max=FRACTION_RANGE[1], step=0.001, tooltip="Fraction of the sampling schedule where it stops.")
 
 
 def weight_type_input(optional: bool) -> io.Input:
@@ -72,10 +73,10 @@ class ApplyIPAdapter(io.ComfyNode):
                 io.Boolean.Input("unfold_batch", default=False, optional=True, tooltip="Reference i goes to latent i (the last repeats) instead of all references to every latent."),
                 WeightScheduleSocket.Input("weight_schedule", optional=True, tooltip="Per-latent factors on the weight (animation), the last repeating."),
                 ImagePromptSocket.Input("composition_image_prompt", optional=True, tooltip="With weight_type 'style and composition': the prompt for the composition layers (default: image_prompt)."),
-                io.Float.Input("composition_weight", default=1.0, min=-1.0, max=5.0, step=0.05, optional=True, tooltip="With 'style and composition': the weight of the composition layers."),
+                io.Float.Input("composition_weight", default=1.0, min=WEIGHT_RANGE[0], max=WEIGHT_RANGE[1], step=0.05, optional=True, tooltip="With 'style and composition': the weight of the composition layers."),
                 io.String.Input("layer_weights", default="", optional=True, tooltip="Power users: per-layer factors applied after weight_type, e.g. 'all:0, style:1, output 4:0.5, middle 0.3:0'."),
                 io.Float.Input(
-                    "lora_strength", default=1.0, min=-1.0, max=3.0, step=0.05, optional=True,
+                    "lora_strength", default=1.0, min=LORA_STRENGTH_RANGE[0], max=LORA_STRENGTH_RANGE[1], step=0.05, optional=True,
                     tooltip="FaceID adapters with a LoRA inside (faceid, plus, plusv2): its strength on the UNet, 1 as trained; 0 leaves the UNet's weights alone. Added once per model, like a LoRA node; other adapters ignore it.",
                 ),
             ],
@@ -102,8 +103,9 @@ class ApplyIPAdapter(io.ComfyNode):
         lora_strength: float = 1.0,
     ) -> io.NodeOutput:
         return io.NodeOutput(apply_prompt(
-            model, ipadapter, image_prompt, weight, start_at, end_at, weight_type, embeds_scaling, attn_mask,
-            unfold_batch, weight_schedule, composition_image_prompt, composition_weight, layer_weights, lora_strength,
+            model, ipadapter, image_prompt, weight, start_at, end_at, lora_strength=lora_strength, weight_type=weight_type,
+            embeds_scaling=embeds_scaling, attn_mask=attn_mask, unfold_batch=unfold_batch, weight_schedule=weight_schedule,
+            composition_image_prompt=composition_image_prompt, composition_weight=composition_weight, layer_weights=layer_weights,
         ))
 
 
@@ -114,51 +116,22 @@ def apply_prompt(
     weight: float,
     start_at: float,
     end_at: float,
-    weight_type: str = "linear",
-    embeds_scaling: str = "V only",
-    attn_mask: torch.Tensor | None = None,
-    unfold_batch: bool = False,
-    weight_schedule: tuple[float, ...] | None = None,
-    composition_image_prompt: ImagePrompt | None = None,
-    composition_weight: float = 1.0,
-    layer_weights: str = "",
     lora_strength: float = 1.0,
+    **options,
 ) -> ModelPatcher:
-    """A clone of `model` with the image branch (two with 'style and composition') installed, and a
-    FaceID adapter's in-file LoRA as weight patches."""
+    """A clone of `model` with the branches of ipadapter_core.branches.build_branches installed (options
+    are its optional inputs: weight_type, embeds_scaling, attn_mask...), and a FaceID adapter's
+    in-file LoRA as weight patches."""
     layers = match_adapter(cross_attention_layers(model.get_model_object("diffusion_model")), ipadapter.model.spec)
-    if composition_image_prompt is not None and weight_type != "style and composition":
-        raise IPAdapterError("composition_image_prompt is used only with weight_type 'style and composition'; pick that weight type or disconnect it.")
-    factors = None
-    if weight_type != "linear" or layer_weights.strip():
-        factors = apply_layer_spec(layer_factors(layers, weight_type), layers, layer_weights)
-    common = dict(
-        sigma_range=sigma_range(model, start_at, end_at),
-        latent_weights=tuple(weight_schedule) if weight_schedule is not None else None,
-        mask=prepare_mask(attn_mask),
-        scaling=embeds_scaling,
-        unfold=unfold_batch,
-    )
-    branches = [make_branch(ipadapter, image_prompt, check_range("weight", weight, -1.0, 5.0), factors, **common)]
-    if weight_type == "style and composition":
-        prompt = composition_image_prompt if composition_image_prompt is not None else image_prompt
-        weight_c = check_range("composition_weight", composition_weight, -1.0, 5.0)
-        branches.append(make_branch(ipadapter, prompt, weight_c, composition_factors(layers), **common))
-    lora_strength = check_range("lora_strength", lora_strength, -1.0, 3.0)
+    percent_to_sigma = model.get_model_object("model_sampling").percent_to_sigma
+    branches = build_branches(ipadapter.model, layers, image_prompt, weight, start_at, end_at, percent_to_sigma, **options)
+    lora_strength = check_range("lora_strength", lora_strength, *LORA_STRENGTH_RANGE)
     patched = model.clone()
     for branch in branches:
         install_branch(patched, layers, branch)
     register_adapter(patched, ipadapter)
     add_adapter_lora(patched, layers, ipadapter, lora_strength)
     return patched
-
-
-def make_branch(ipadapter: LoadedIPAdapter, prompt: ImagePrompt, weight: float, factors: dict[LayerKey, float] | None, unfold: bool, **options) -> ImageBranch:
-    prompt.check_made_by(ipadapter.model)
-    if options["scaling"] not in SCALING_MODES:
-        raise IPAdapterError(f"Unknown embeds_scaling {options['scaling']!r}; choose one of {', '.join(SCALING_MODES)}.")
-    cond, uncond, token_scale = prompt.layout(unfold)
-    return ImageBranch(adapter=ipadapter.model, cond=cond, uncond=uncond, weight=weight, token_scale=token_scale, layer_weights=factors, **options)
 
 
 def register_adapter(patched: ModelPatcher, ipadapter: LoadedIPAdapter) -> None:
@@ -191,33 +164,3 @@ def add_adapter_lora(patched: ModelPatcher, layers: list[CrossAttentionLayer], i
         missing = sorted(set(patches) - set(added))[:3]
         raise IPAdapterError(f"The model has no weights {', '.join(missing)}...; the FaceID adapter's LoRA does not fit it. Use a FaceID adapter made for this model.")
 
-
-def prepare_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-    if mask is None:
-        return None
-    if mask.ndim == 2:
-        mask = mask[None]
-    if mask.ndim != 3 or min(mask.shape) == 0:
-        raise IPAdapterError(f"attn_mask must be a MASK (height, width) or a batch of them; got shape {tuple(mask.shape)}.")
-    mask = mask.float().cpu()
-    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
-        raise IPAdapterError("attn_mask values must lie between 0 and 1; convert the image to a mask with a stock mask node first.")
-    return mask
-
-
-def sigma_range(model: ModelPatcher, start_at: float, end_at: float) -> tuple[float, float] | None:
-    """start_at/end_at as sigmas, like ComfyUI's ControlNet range; None when the whole schedule is covered."""
-    check_range("start_at", start_at, 0.0, 1.0)
-    check_range("end_at", end_at, 0.0, 1.0)
-    if start_at > end_at:
-        raise IPAdapterError(f"start_at ({start_at}) is after end_at ({end_at}); set start_at <= end_at.")
-    if start_at == 0.0 and end_at == 1.0:
-        return None
-    sampling = model.get_model_object("model_sampling")
-    return (sampling.percent_to_sigma(start_at), sampling.percent_to_sigma(end_at))
-
-
-def check_range(name: str, value: float, low: float, high: float) -> float:
-    if not low <= value <= high:
-        raise IPAdapterError(f"{name} is {value}; it must be between {low} and {high}.")
-    return float(value)
