@@ -14,6 +14,8 @@ from .variants import ENCODERS, IMAGE_EMBEDS, AdapterSpec
 
 # pixels (B, 3, S, S), normalised -> the encoder output the adapter reads (B, width) or (B, tokens, width)
 Encoder = Callable[[torch.Tensor], torch.Tensor]
+# (images encoded so far, all images): called after each batch; raising stops the encoding there
+Progress = Callable[[int, int], None]
 COMBINE_METHODS = ("concat", "average", "norm average", "add", "subtract")
 CROP_MODES = ("center", "squash", "tiles")
 
@@ -79,6 +81,24 @@ def parse_weights(text: str, count: int) -> tuple[float, ...] | None:
     return tuple(values + [values[-1]] * (count - len(values)))
 
 
+def encode_in_batches(images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 0, on_progress: Progress | None = None) -> torch.Tensor:
+    """encode(images), `batch_size` images at a time (0: all in one call), concatenated.
+
+    Bounds the encoder's activation memory on long animations; on_progress runs between batches,
+    where a stop request can end the work.
+    """
+    if batch_size < 0:
+        raise IPAdapterError(f"encode_batch_size is {batch_size}; use 0 (all images at once) or a positive number.")
+    total = images.shape[0]
+    step = batch_size if 0 < batch_size < total else max(total, 1)  # one call for all, even for none (which encode refuses)
+    parts = []
+    for first in range(0, max(total, 1), step):
+        parts.append(encode(images[first:first + step]))
+        if on_progress is not None:
+            on_progress(min(first + step, total), total)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def encode_image_prompt(
     adapter: IPAdapterModel,
     images: torch.Tensor,
@@ -90,6 +110,8 @@ def encode_image_prompt(
     combine: str = "concat",
     weights: Sequence[float] | None = None,
     crop: str = "center",
+    batch_size: int = 0,
+    on_progress: Progress | None = None,
 ) -> ImagePrompt:
     """Project the reference images; by default their tokens are later concatenated (as diffusers does).
 
@@ -98,6 +120,8 @@ def encode_image_prompt(
     or the projection of the user's negative image(s), combined the same way.
     crop: "center" crops to a square as the reference does, "squash" resizes without cropping,
     "tiles" encodes square tiles covering wide or tall images, each as a reference.
+    batch_size: reference images (with their tiles) encoded per encoder call, 0 for all at once;
+    on_progress(done, total) follows the references (see encode_in_batches).
     """
     spec = adapter.spec
     require_clip_adapter(spec)
@@ -109,7 +133,10 @@ def encode_image_prompt(
             batch = square_tiles(batch)
         return clip_pixels(batch, size, mean, std, crop=crop != "squash")
 
-    features = encode(pixels(images))
+    def encode_images(batch: torch.Tensor) -> torch.Tensor:
+        return encode(pixels(batch))
+
+    features = encode_in_batches(images, encode_images, batch_size, on_progress)
     check_feature_width(spec, features)
     count = features.shape[0]
     if weights is not None:
@@ -117,7 +144,7 @@ def encode_image_prompt(
             raise IPAdapterError(f"{len(weights)} image weights for {images.shape[0]} reference images; give one per image.")
         weights = [w for w in weights for _ in range(count // images.shape[0])]  # each tile keeps its image's weight
     if negative_images is not None:
-        negative = encode(pixels(negative_images).to(features.device))
+        negative = encode_in_batches(negative_images, lambda batch: encode(pixels(batch).to(features.device)), batch_size)
         if negative.shape[0] not in (1, count):
             raise IPAdapterError(
                 f"negative_image has {negative.shape[0]} images but image has {count}; give one negative image "

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import comfy.model_management
+import comfy.utils
 import torch
 
-from ..ipadapter_core.encoding import COMBINE_METHODS, CROP_MODES, encode_image_prompt, parse_weights
+from ..ipadapter_core.encoding import COMBINE_METHODS, CROP_MODES, Progress, encode_image_prompt, parse_weights
 from ..ipadapter_core.image_prompt import ImagePrompt
 from .api import CATEGORY, io
 from .clip_vision import comfy_encoder
@@ -33,6 +34,7 @@ def encode_prompt(
     combine: str = "concat",
     image_weights: str = "",
     crop: str = "center",
+    encode_batch_size: int = 0,
 ) -> ImagePrompt:
     encoder = comfy_encoder(clip_vision, ipadapter.model.spec)
     comfy.model_management.load_model_gpu(ipadapter.patcher)
@@ -48,9 +50,25 @@ def encode_prompt(
         combine=combine,
         weights=weights,
         crop=crop,
+        batch_size=encode_batch_size,
+        on_progress=progress_and_stop(),
     )
     # Name the file in the prompt: adapters of one variant share a description.
     return replace(prompt, adapter_description=f"{ipadapter.name}, {prompt.adapter_description}")
+
+
+def progress_and_stop() -> Progress:
+    """After each batch of references: stop if the user pressed Stop (ComfyUI's interrupt), else
+    move the node's progress bar."""
+    bar = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar = bar or comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+
+    return report
 
 
 class EncodeImagePrompt(io.ComfyNode):
@@ -78,10 +96,15 @@ class EncodeImagePrompt(io.ComfyNode):
                     "crop", options=list(CROP_MODES), default="center", optional=True,
                     tooltip="center: square centre crop (the reference). squash: resize the whole image. tiles: square tiles covering wide or tall images.",
                 ),
+                io.Int.Input(
+                    "encode_batch_size", default=0, min=0, max=4096, optional=True,
+                    tooltip="References encoded at a time. 0: all at once. A small number bounds memory on long animations "
+                    "and shows progress (and lets Stop act) between batches.",
+                ),
             ],
             outputs=[ImagePromptSocket.Output(display_name="image_prompt", tooltip="Conditional and unconditional image tokens, tied to the adapter that made them.")],
         )
 
     @classmethod
-    def execute(cls, ipadapter, clip_vision, image, negative_image=None, combine="concat", image_weights="", crop="center") -> io.NodeOutput:
-        return io.NodeOutput(encode_prompt(ipadapter, clip_vision, image, negative_image, combine, image_weights, crop))
+    def execute(cls, ipadapter, clip_vision, image, negative_image=None, combine="concat", image_weights="", crop="center", encode_batch_size=0) -> io.NodeOutput:
+        return io.NodeOutput(encode_prompt(ipadapter, clip_vision, image, negative_image, combine, image_weights, crop, encode_batch_size))

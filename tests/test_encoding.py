@@ -100,3 +100,63 @@ def test_image_prompt_matches_diffusers_encode_image(pack, vit_h, kind):
     assert cond.shape == expected_cond.shape == (1, 2 * (4 if kind == "base" else 16 if kind == "plus" else 257), 768)
     assert relative_error(cond, expected_cond) < 1e-5
     assert relative_error(uncond, expected_uncond) < 1e-5
+
+
+# --- batches, progress, stop ---------------------------------------------------------------------
+
+
+def counting_encoder(calls: list[int], width: int = 1024):
+    """A stand-in encoder, per image (mean colour per channel through a fixed linear map): batching cannot change it."""
+    weight = torch.randn(3, width, generator=torch.Generator().manual_seed(7))
+
+    def encode(pixels):
+        calls.append(pixels.shape[0])
+        return pixels.mean(dim=(2, 3)) @ weight
+
+    return encode
+
+
+@pytest.fixture(scope="module")
+def base_adapter():
+    from ipadapter_core.adapter import IPAdapterModel
+    from ipadapter_core.checkpoint import split_adapter_weights
+
+    return IPAdapterModel.from_weights(split_adapter_weights(random_models.adapter_state_dict("base", random_models.SD15_LAYER_DIMS[:1], seed=8)))
+
+
+@pytest.mark.parametrize("crop, tiles", [("center", 1), ("tiles", 2)])
+def test_batches_give_the_same_prompt_and_report_progress(base_adapter, crop, tiles):
+    from ipadapter_core.encoding import encode_image_prompt
+
+    images, negatives = image(20, (5, 64, 128, 3)), image(21, (5, 64, 128, 3))
+    whole_calls, batch_calls, progress = [], [], []
+    whole = encode_image_prompt(base_adapter, images, counting_encoder(whole_calls), negative_images=negatives, crop=crop)
+    batched = encode_image_prompt(base_adapter, images, counting_encoder(batch_calls), negative_images=negatives, crop=crop,
+                                  batch_size=2, on_progress=lambda done, total: progress.append((done, total)))
+    assert whole_calls == [5 * tiles, 5 * tiles]  # references, then negatives, each in one call
+    assert batch_calls == [2 * tiles, 2 * tiles, 1 * tiles] * 2
+    assert progress == [(2, 5), (4, 5), (5, 5)]
+    assert torch.allclose(batched.cond, whole.cond, atol=1e-6) and torch.allclose(batched.uncond, whole.uncond, atol=1e-6)
+
+
+def test_a_stop_between_batches_ends_the_encoding(base_adapter):
+    from ipadapter_core.encoding import encode_image_prompt
+
+    class Stopped(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stopped
+
+    calls = []
+    with pytest.raises(Stopped):
+        encode_image_prompt(base_adapter, image(22, (6, 32, 32, 3)), counting_encoder(calls), batch_size=1, on_progress=stop)
+    assert calls == [1]
+
+
+def test_a_negative_batch_size_is_refused(base_adapter):
+    from ipadapter_core.encoding import encode_image_prompt
+    from ipadapter_core.errors import IPAdapterError
+
+    with pytest.raises(IPAdapterError, match="encode_batch_size is -1; use 0"):
+        encode_image_prompt(base_adapter, image(23, (2, 32, 32, 3)), counting_encoder([]), batch_size=-1)

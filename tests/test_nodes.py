@@ -357,3 +357,34 @@ def test_sampling_makes_no_host_device_round_trips(comfy, tiny_model, base, base
     spy(torch, "tensor")
     sample(comfy, patched)
     assert calls == []
+
+
+def test_encoding_in_batches_shows_progress_and_stops_when_asked(base, small_clip_vision):
+    """Encode Image Prompt with encode_batch_size: ComfyUI's progress bar moves per batch, and Stop acts between batches."""
+    import comfy.model_management
+    import comfy.utils
+
+    images = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(9))
+    encode_node = node("ExactEncodeImagePrompt")
+    updates = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: updates.append((value, total)))
+    try:
+        whole = encode_node(base, small_clip_vision, images)[0]
+        assert updates == [(3, 3)]
+        updates.clear()
+        batched = encode_node(base, small_clip_vision, images, encode_batch_size=1)[0]
+        assert updates == [(1, 3), (2, 3), (3, 3)]
+        assert torch.allclose(batched.cond, whole.cond, atol=1e-5) and torch.allclose(batched.uncond, whole.uncond, atol=1e-5)
+
+        def stop_after_first(value, total, preview=None, node_id=None):
+            updates.append((value, total))
+            comfy.model_management.interrupt_current_processing(True)  # the frontend's Stop button
+
+        updates.clear()
+        comfy.utils.set_progress_bar_global_hook(stop_after_first)
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            encode_node(base, small_clip_vision, images, encode_batch_size=1)
+        assert updates == [(1, 3)]
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+        comfy.utils.set_progress_bar_global_hook(None)
