@@ -111,3 +111,15 @@ def test_the_nodes_use_the_pinned_api_version():
     importing = sorted(path.relative_to(repo).as_posix() for path, text in sources.items() if "comfy_api" in text)
     assert importing == ["nodes/api.py"]
     assert "from comfy_api.v0_0_2 import" in sources[repo / "nodes" / "api.py"]
+
+
+def test_every_node_has_a_help_page_naming_its_inputs_and_outputs():
+    """web/docs/<node id>.md is what the frontend's node help shows; it must cover the node as it is now."""
+    docs = SNAPSHOT.parents[1] / "web" / "docs"
+    stored = json.loads(SNAPSHOT.read_text())
+    assert sorted(path.stem for path in docs.glob("*.md")) == sorted(stored)
+    for name, schema in stored.items():
+        page = (docs / f"{name}.md").read_text(encoding="utf-8")
+        assert page.startswith(f"# {schema['display_name'].removesuffix(' (IP-Adapter)')}\n"), name
+        undocumented = [item for item in [*schema["inputs"], *(o["name"] for o in schema["outputs"])] if f"`{item}`" not in page]
+        assert not undocumented, f"{name}.md does not mention {undocumented}"
