@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import folder_paths
+
 from .api import ComfyExtension, io
 from .apply_ipadapter import ApplyIPAdapter
 from .combine_image_prompts import CombineImagePrompts
 from .encode_face_image_prompt import EncodeFaceImagePrompt
 from .encode_image_prompt import EncodeImagePrompt
+from .example_inputs import provide_example_inputs
 from .folders import register_model_folder
 from .ipadapter_simple import IPAdapter
 from .load_insightface import LoadInsightFace
@@ -41,7 +44,12 @@ class IPAdapterExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> IPAdapterExtension:
-    """What ComfyUI calls to load the pack (its loader awaits a coroutine entry point)."""
+    """What ComfyUI calls to load the pack (its loader awaits a coroutine entry point).
+
+    The workflow templates' input images are put in the input folder here, once ComfyUI's
+    folders are configured, so the templates run as they open.
+    """
+    provide_example_inputs(folder_paths.get_input_directory())
     return IPAdapterExtension()
 
 

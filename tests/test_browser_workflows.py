@@ -68,12 +68,10 @@ def load(name: str, object_info: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[ComfyServer]:
-    """One server for the module; its input folder holds the workflows' images and a saved image prompt."""
+    """One server for the module. Nobody copies the workflows' images into its input folder: the pack
+    does when the server loads it. A saved image prompt is put there as a user would."""
     models = build_embedded_models()
     base = tmp_path_factory.mktemp("comfyui-browser")
-    (base / "input").mkdir()
-    for image in WORKFLOWS_DIR.glob("*.png"):
-        shutil.copy2(image, base / "input" / image.name)
     with ComfyServer(base, models, install="copy") as running:
         provide_saved_image_prompt(running, base)
         yield running
@@ -253,3 +251,44 @@ def test_wrong_adapter_shows_the_execution_error_and_the_server_serves_on(ui, se
     drop(ui, "image_variation", object_info)
     (image,) = run_from_page(ui, server)
     assert image.size == (256, 256)
+
+
+TEMPLATE_CARDS_JS = """
+(pack) => Array.from(document.querySelectorAll('[data-testid^="template-workflow-"]')).map(card => {
+  const image = card.querySelector('img');
+  return [card.getAttribute('data-testid').replace('template-workflow-', ''), image?.getAttribute('src') ?? '', image?.complete ? image.naturalWidth : 0];
+})
+"""
+
+
+def test_the_template_browser_shows_every_workflow_with_its_thumbnail(ui, object_info):
+    """Templates → Extensions → the pack's folder (read from workflows/): a card per workflow with its
+    picture, and a click opens the workflow with its example images already in the input folder."""
+    shipped = sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
+    page = ui.page
+    page.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text(PACK_FOLDER, exact=True).first.click()
+    page.wait_for_function(
+        f"({TEMPLATE_CARDS_JS})().length === {len(shipped)} && ({TEMPLATE_CARDS_JS})().every(([, , width]) => width > 0)",
+        timeout=ui.timeout_ms,
+    )
+    cards = page.evaluate(TEMPLATE_CARDS_JS)
+    ui.screenshot(ARTIFACTS / "template-browser.png", fit=False)
+    assert sorted(name for name, _, _ in cards) == shipped
+    thumbnails = {name: (source, width) for name, source, width in cards}
+    assert all("default-template" not in source and width == 512 for source, width in thumbnails.values()), thumbnails
+
+    before = ui.active_workflow()
+    page.locator('[data-testid="template-workflow-two_regions"]').click()
+    page.wait_for_function(
+        f"window.app.extensionManager.workflow.activeWorkflow?.key !== {json.dumps(before)} && !window.app.configuringGraph",
+        timeout=ui.timeout_ms,
+    )
+    page.wait_for_function(
+        "app.graph.nodes.filter(n => n.type === 'LoadImage' || n.type === 'LoadImageMask').every(n => n.imgs?.[0]?.complete && n.imgs[0].naturalWidth > 0)",
+        timeout=ui.timeout_ms,
+    )
+    ui.screenshot(ARTIFACTS / "template-two_regions.png")
+    assert ui.visible_dialogs() == [] and ui.page_errors == []
+    workflow = load("two_regions", object_info)
+    assert sorted(n["type"] for n in ui.graph_state()["nodes"]) == sorted(n["type"] for n in workflow["nodes"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ from tools.workflow_api import shrink_for_cpu, ui_to_api
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "workflows" / "image_variation.json"
-REFERENCE = REPO / "workflows" / "reference.png"
 APPLY_NODE = 8  # ids in image_variation.json
 SAMPLER_NODE = 10
 
@@ -60,9 +58,7 @@ def object_info(pack) -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     models = build_embedded_models()
-    base = tmp_path_factory.mktemp("comfyui-base")
-    (base / "input").mkdir()
-    shutil.copy2(REFERENCE, base / "input" / REFERENCE.name)
+    base = tmp_path_factory.mktemp("comfyui-base")  # the pack puts reference.png into its input folder
     with ComfyServer(base, models, install="copy") as running:
         yield running
 
