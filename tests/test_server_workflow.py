@@ -18,7 +18,7 @@ from PIL import Image
 
 from tools.comfy_host import pack_nodes
 from tools.comfy_server import ComfyServer, PromptFailed, PromptRejected
-from tools.embedded_models import build_embedded_models
+from tools.embedded_models import CHECKPOINT, CLIP_VISION, IPADAPTER, build_embedded_models, files_used_by
 from tools.workflow_api import shrink_for_cpu, ui_to_api
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +91,11 @@ def test_shipped_workflow_converts_to_the_expected_prompt(object_info):
     assert prompt["2"]["inputs"] == {"ipadapter_file": "ip-adapter_sd15.safetensors"}
     assert prompt["9"]["inputs"] == {"width": 512, "height": 512, "batch_size": 1}
     assert prompt["5"]["_meta"] == {"title": "Positive prompt"} and prompt["8"]["_meta"] == {"title": "Apply IP-Adapter"}
+
+
+def test_the_demo_builds_only_the_models_its_workflow_names():
+    """make demo builds these three files, not the SDXL checkpoint or the ControlNet other workflows use."""
+    assert files_used_by(load_workflow()) == [CHECKPOINT, CLIP_VISION, IPADAPTER]
 
 
 def test_shrink_for_cpu_caps_size_and_steps(object_info):

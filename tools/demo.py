@@ -16,26 +16,29 @@ from pathlib import Path
 
 from tools.comfy_host import CACHE, REPO
 from tools.comfy_server import ComfyServer, ServerError
-from tools.embedded_models import build_embedded_models
+from tools.embedded_models import build_embedded_models, files_used_by
 from tools.workflow_api import shrink_for_cpu, ui_to_api
 
 log = logging.getLogger("tools.demo")
 
 WORKFLOW = REPO / "workflows" / "image_variation.json"
-REFERENCE = REPO / "workflows" / "reference.png"
 RUN_DIR = CACHE / "demo-run"
 OUTPUT_DIR = REPO / "output"
 
 
 def run_demo(run_dir: Path = RUN_DIR, output_dir: Path = OUTPUT_DIR) -> Path:
-    """Run the workflow in a fresh server base directory; returns where the image was copied."""
-    models = build_embedded_models()
+    """Run the workflow in a fresh server base directory; returns where the image was copied.
+
+    Only the model files the workflow names are built, and its input image is not copied by hand:
+    the pack puts the templates' images into the input folder when the server loads it.
+    """
+    workflow = json.loads(WORKFLOW.read_text())
+    models = build_embedded_models(only=files_used_by(workflow))
     shutil.rmtree(run_dir, ignore_errors=True)
-    (run_dir / "input").mkdir(parents=True)
-    shutil.copy2(REFERENCE, run_dir / "input" / REFERENCE.name)
+    run_dir.mkdir(parents=True)
     with ComfyServer(run_dir, models) as server:
         object_info = server.object_info()
-        prompt = ui_to_api(shrink_for_cpu(json.loads(WORKFLOW.read_text()), object_info), object_info)
+        prompt = ui_to_api(shrink_for_cpu(workflow, object_info), object_info)
         prompt_id = server.queue(prompt)
         log.info("Queued %s as prompt %s", WORKFLOW.name, prompt_id)
         images = server.output_images(server.wait(prompt_id, timeout=900))

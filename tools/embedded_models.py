@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -67,15 +67,30 @@ SMALL_SDXL_UNET_CONFIG = dict(
 )
 
 
-def build_embedded_models(target_dir: Path = DEFAULT_TARGET) -> Path:
-    """Build whatever is missing under target_dir and return it (a ComfyUI `models` folder)."""
-    target = Path(target_dir)
-    writers: dict[str, Callable[[Path], None]] = {
+def writers() -> dict[str, Callable[[Path], None]]:
+    """Every embedded model file (path inside the models folder) and the function that writes it."""
+    return {
         CHECKPOINT: write_checkpoint, CLIP_VISION: write_clip_vision, IPADAPTER: write_ipadapter, IPADAPTER_PLUS: write_ipadapter_plus,
         CONTROLNET: write_controlnet, LORA: write_lora, SDXL_CHECKPOINT: write_sdxl_checkpoint, IPADAPTER_PLUS_SDXL: write_ipadapter_plus_sdxl,
         IPADAPTER_FACEID: write_ipadapter_faceid, INSIGHTFACE_DETECTION: write_insightface_detection, INSIGHTFACE_RECOGNITION: write_insightface_recognition,
     }
-    for relative, write in writers.items():
+
+
+def files_used_by(*ui_workflows: dict) -> list[str]:
+    """The embedded model files the workflows name in a widget (a loader's file choice), as paths inside the models folder."""
+    named = {value for workflow in ui_workflows for node in workflow.get("nodes", [])
+             for value in (node.get("widgets_values") if isinstance(node.get("widgets_values"), list) else []) if isinstance(value, str)}
+    return [relative for relative in writers() if Path(relative).name in named]
+
+
+def build_embedded_models(target_dir: Path = DEFAULT_TARGET, only: Iterable[str] | None = None) -> Path:
+    """Build whatever is missing under target_dir and return it (a ComfyUI `models` folder).
+
+    only: the files to build (paths inside the models folder, e.g. from files_used_by); default all.
+    """
+    target = Path(target_dir)
+    wanted = writers() if only is None else {relative: writers()[relative] for relative in only}
+    for relative, write in wanted.items():
         path = target / relative
         if path.is_file():
             log.debug("%s exists", path)
