@@ -253,11 +253,11 @@ def test_wrong_adapter_shows_the_execution_error_and_the_server_serves_on(ui, se
     assert image.size == (256, 256)
 
 
-TEMPLATE_CARDS_JS = """
-(pack) => Array.from(document.querySelectorAll('[data-testid^="template-workflow-"]')).map(card => {
-  const image = card.querySelector('img');
-  return [card.getAttribute('data-testid').replace('template-workflow-', ''), image?.getAttribute('src') ?? '', image?.complete ? image.naturalWidth : 0];
-})
+TEMPLATE_CARD_IMAGE_JS = """
+(name) => {
+  const image = document.querySelector(`[data-testid="template-workflow-${name}"] img`);
+  return image && image.complete ? [image.getAttribute('src'), image.naturalWidth] : null;
+}
 """
 
 
@@ -268,15 +268,16 @@ def test_the_template_browser_shows_every_workflow_with_its_thumbnail(ui, object
     page = ui.page
     page.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     page.get_by_text(PACK_FOLDER, exact=True).first.click()
-    page.wait_for_function(
-        f"({TEMPLATE_CARDS_JS})().length === {len(shipped)} && ({TEMPLATE_CARDS_JS})().every(([, , width]) => width > 0)",
-        timeout=ui.timeout_ms,
-    )
-    cards = page.evaluate(TEMPLATE_CARDS_JS)
+    cards = page.locator('[data-testid^="template-workflow-"]')
+    cards.first.wait_for(timeout=ui.timeout_ms)
     ui.screenshot(ARTIFACTS / "template-browser.png", fit=False)
-    assert sorted(name for name, _, _ in cards) == shipped
-    thumbnails = {name: (source, width) for name, source, width in cards}
-    assert all("default-template" not in source and width == 512 for source, width in thumbnails.values()), thumbnails
+    names = sorted(card.get_attribute("data-testid").removeprefix("template-workflow-") for card in cards.all())
+    assert names == shipped
+    for name in shipped:  # the cards load their pictures when scrolled into view
+        page.locator(f'[data-testid="template-workflow-{name}"]').scroll_into_view_if_needed()
+        page.wait_for_function(f"({TEMPLATE_CARD_IMAGE_JS})({json.dumps(name)})?.[1] > 0", timeout=ui.timeout_ms)
+        source, width = page.evaluate(TEMPLATE_CARD_IMAGE_JS, name)
+        assert "default-template" not in source and width == 512, (name, source, width)
 
     before = ui.active_workflow()
     page.locator('[data-testid="template-workflow-two_regions"]').click()
