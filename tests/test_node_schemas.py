@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,7 @@ def test_every_node_has_a_help_page_naming_its_inputs_and_outputs():
     assert sorted(path.stem for path in docs.glob("*.md")) == sorted(stored)
     for name, schema in stored.items():
         page = (docs / f"{name}.md").read_text(encoding="utf-8")
-        assert page.startswith(f"# {schema['display_name'].removesuffix(' (IP-Adapter)')}\n"), name
+        title = re.sub(r" \(IP-Adapter[^)]*\)$", "", schema["display_name"])  # the pack's suffix, e.g. "(IP-Adapter FaceID)"
+        assert page.startswith(f"# {title}\n"), name
         undocumented = [item for item in [*schema["inputs"], *(o["name"] for o in schema["outputs"])] if f"`{item}`" not in page]
         assert not undocumented, f"{name}.md does not mention {undocumented}"
