@@ -23,7 +23,8 @@ from tools.comfy_server import copy_tracked_files
 
 REPO = Path(__file__).resolve().parents[1]
 # What users run: the package, its metadata and licence, help pages and example workflows.
-SHIPPED = {"__init__.py", "pyproject.toml", "LICENSE", "README.md", "requirements.txt", "ipadapter_core", "nodes", "web", "workflows"}
+SHIPPED = {"__init__.py", "pyproject.toml", "LICENSE", "README.md", "requirements.txt", "requirements-faceid.txt", "requirements-train.txt",
+           "ipadapter_core", "nodes", "web", "workflows"}
 # What stays in the repository: development tools, whose subprocess calls the registry's scanner flags.
 NOT_SHIPPED = {".ci", ".comfyignore", ".gitignore", "Makefile", "benchmarks", "docs", "requirements-dev.txt", "scripts", "tests", "tools"}
 # The rules `comfy node publish` runs (exec, eval, several statements on a line), and the ones
