@@ -17,6 +17,7 @@ from .image_branch import SCALING_MODES, ImageBranch
 from .image_prompt import ImagePrompt
 from .layer_map import CrossAttentionLayer, LayerKey
 from .layer_weights import apply_layer_spec, composition_factors, layer_factors
+from .timestep_branch import TimestepImageBranch
 
 WEIGHT_RANGE = (-1.0, 5.0)  # weight and composition_weight
 FRACTION_RANGE = (0.0, 1.0)  # start_at and end_at, fractions of the sampling schedule
@@ -62,8 +63,29 @@ def make_branch(adapter: IPAdapterModel, prompt: ImagePrompt, weight: float, fac
     prompt.check_made_by(adapter)
     if options["scaling"] not in SCALING_MODES:
         raise IPAdapterError(f"Unknown embeds_scaling {options['scaling']!r}; choose one of {', '.join(SCALING_MODES)}.")
+    if adapter.spec.timestep_conditioned:
+        return timestep_branch(adapter, prompt, weight, factors, unfold, **options)
     cond, uncond, token_scale = prompt.layout(unfold)
     return ImageBranch(adapter=adapter, cond=cond, uncond=uncond, weight=weight, token_scale=token_scale, layer_weights=factors, **options)
+
+
+def timestep_branch(adapter: IPAdapterModel, prompt: ImagePrompt, weight: float, factors: dict[LayerKey, float] | None, unfold: bool, **options) -> TimestepImageBranch:
+    """SD3.5: the prompt holds one row of encoder features per reference, projected at every step;
+    without unfold all references form one row whose tokens are concatenated."""
+    if options["scaling"] != "V only":
+        raise IPAdapterError(
+            f"embeds_scaling {options['scaling']!r} is not defined for the {adapter.spec.description}: its image keys are "
+            "RMS-normalised in every block, so scaling them has no fixed meaning. Use 'V only'."
+        )
+    references = prompt.references
+    token_scale = None
+    if prompt.reference_weights is not None:
+        token_scale = torch.tensor(prompt.reference_weights, dtype=torch.float32)[:, None].expand(references, adapter.spec.num_tokens)
+        token_scale = token_scale if unfold else token_scale.reshape(1, -1)
+    return TimestepImageBranch(
+        adapter=adapter, cond=prompt.cond, uncond=prompt.uncond, weight=weight, token_scale=token_scale,
+        layer_weights=factors, features_per_row=1 if unfold else references, **options,
+    )
 
 
 def build_branches(

@@ -2,13 +2,17 @@
 
 Official files come as `.bin` (a pickled `{"image_proj": ..., "ip_adapter": ...}`) or as flat
 `.safetensors` keys prefixed `image_proj.` / `ip_adapter.`; some trainers write
-`adapter_modules.` instead of `ip_adapter.`. Pickles are only ever read with
-`weights_only=True`, so a file that needs arbitrary code to load is refused, not run.
+`adapter_modules.` instead of `ip_adapter.`. XLabs' Flux adapters name their keys after the
+Flux model (`ip_adapter_proj_model.*`, `double_blocks.{i}.processor.ip_adapter_double_stream_{k,v}_proj.*`);
+they are renamed to the common `image_proj` / `{i}.to_{k,v}_ip.*` layout here, as diffusers'
+loader does. Pickles are only ever read with `weights_only=True`, so a file that needs
+arbitrary code to load is refused, not run.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,8 @@ StateDict = dict[str, torch.Tensor]
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 ADAPTER_PREFIXES = ("ip_adapter.", "adapter_modules.")
+XLABS_PROJECTION_PREFIX = "ip_adapter_proj_model."
+XLABS_BLOCK_KEY = re.compile(r"^double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)$")
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,9 @@ def split_adapter_weights(state_dict: dict, source: str = "the file") -> Adapter
     """Accept the nested `.bin` layout and the flat prefixed layouts; reject anything else clearly."""
     if not isinstance(state_dict, dict):
         raise IPAdapterError(f"{source} does not hold a dictionary of tensors; it is not an IP-Adapter file.")
-    if "image_proj" in state_dict or "ip_adapter" in state_dict:
+    if any(isinstance(key, str) and key.startswith(XLABS_PROJECTION_PREFIX) for key in state_dict):
+        image_proj, ip_adapter = split_xlabs(state_dict, source)
+    elif "image_proj" in state_dict or "ip_adapter" in state_dict:
         image_proj = dict(state_dict.get("image_proj") or {})
         ip_adapter = dict(state_dict.get("ip_adapter") or state_dict.get("adapter_modules") or {})
     else:
@@ -90,6 +98,20 @@ def split_adapter_weights(state_dict: dict, source: str = "the file") -> Adapter
         if not isinstance(tensor, torch.Tensor):
             raise IPAdapterError(f"{source}: entry {name!r} is not a tensor; the file is not an IP-Adapter checkpoint.")
     return AdapterWeights(image_proj=image_proj, ip_adapter=ip_adapter)
+
+
+def split_xlabs(state_dict: dict, source: str) -> tuple[dict, dict]:
+    image_proj, ip_adapter = {}, {}
+    for key, value in state_dict.items():
+        if key.startswith(XLABS_PROJECTION_PREFIX):
+            image_proj[key[len(XLABS_PROJECTION_PREFIX):]] = value
+            continue
+        match = XLABS_BLOCK_KEY.match(key)
+        if match is None:
+            raise IPAdapterError(f"{source}: unexpected key {key!r} in an XLabs Flux IP-Adapter; the file is not a supported Flux IP-Adapter.")
+        block, kv, kind = match.groups()
+        ip_adapter[f"{block}.to_{kv}_ip.{kind}"] = value
+    return image_proj, ip_adapter
 
 
 def load_adapter_weights(path: str | Path) -> AdapterWeights:

@@ -20,11 +20,14 @@ from safetensors import safe_open
 
 from .checkpoint import SAFETENSORS_SUFFIXES
 from .errors import IPAdapterError
-from .variants import ENCODERS, IMAGE_EMBEDS, AdapterSpec
+from .variants import ENCODERS, IMAGE_EMBEDS, PENULTIMATE, SIGLIP, AdapterSpec
 
 # Full architectures (image_embeds width, hidden width): an adapter needs the encoder it was
-# trained with, not merely one whose output happens to have the same width.
-ARCHITECTURES = {"CLIP ViT-H/14": (1024, 1280), "CLIP ViT-bigG/14": (1280, 1664), "CLIP ViT-L/14": (768, 1024)}
+# trained with, not merely one whose output happens to have the same width. SigLIP has no
+# projection to image_embeds (width 0 here).
+ARCHITECTURES = {"CLIP ViT-H/14": (1024, 1280), "CLIP ViT-bigG/14": (1280, 1664), "CLIP ViT-L/14": (768, 1024), SIGLIP: (0, 1152)}
+SIGLIP_POSITIONS = 729  # (384 / 14)^2 patches: so400m at 384 px; the 512 px SigLIP has the same widths
+SIGLIP_LAYER_KEY = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.")
 LAYOUTS = (  # (projection key, whether it is stored (hidden, embeds), layer key pattern)
     ("visual_projection.weight", False, re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.")),  # transformers
     ("visual.proj", True, re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.")),  # open_clip
@@ -33,21 +36,28 @@ LAYOUTS = (  # (projection key, whether it is stored (hidden, embeds), layer key
 
 @dataclass(frozen=True)
 class EncoderWidths:
-    embeds: int  # width of image_embeds (the projection's output)
+    embeds: int  # width of image_embeds (the projection's output); 0 without a projection (SigLIP)
     hidden: int  # width of the hidden states (penultimate_hidden_states)
     layers: int
+    positions: int = 0  # patch positions, read for SigLIP only, whose 384 and 512 px models share widths
 
     @property
     def name(self) -> str:
+        if not self.embeds:
+            if self.positions != SIGLIP_POSITIONS:
+                return f"a SigLIP vision model for another resolution ({self.positions} positions)"
+            return ENCODERS.get((PENULTIMATE, self.hidden), f"an image encoder of hidden width {self.hidden}")
         return ENCODERS.get((IMAGE_EMBEDS, self.embeds), f"a CLIP vision model with embedding width {self.embeds}")
 
     def fits(self, spec: AdapterSpec) -> bool:
         width = self.embeds if spec.encoder_output == IMAGE_EMBEDS else self.hidden
+        if spec.encoder_name == SIGLIP and self.positions != SIGLIP_POSITIONS:
+            return False
         return width == spec.encoder_width and ARCHITECTURES.get(spec.encoder_name, (self.embeds, self.hidden)) == (self.embeds, self.hidden)
 
 
 def widths_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> EncoderWidths | None:
-    """None when the keys are not a CLIP vision model with a projection (in either layout)."""
+    """None when the keys are neither a CLIP vision model with a projection (in either layout) nor a SigLIP one."""
     for projection_key, transposed, layer_key in LAYOUTS:
         shape = shapes.get(projection_key)
         if shape is None or len(shape) != 2:
@@ -56,7 +66,17 @@ def widths_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> EncoderWidths |
         layers = {int(match.group(1)) for key in shapes if (match := layer_key.match(key))}
         if layers:
             return EncoderWidths(embeds=embeds, hidden=hidden, layers=max(layers) + 1)
-    return None
+    return siglip_widths(shapes)
+
+
+def siglip_widths(shapes: Mapping[str, tuple[int, ...]]) -> EncoderWidths | None:
+    """SigLIP (transformers layout, as ComfyUI loads it): patch embedding with a bias, no class token."""
+    positions = shapes.get("vision_model.embeddings.position_embedding.weight")
+    norm = shapes.get("vision_model.post_layernorm.weight")
+    if positions is None or norm is None or "vision_model.embeddings.patch_embedding.bias" not in shapes or "vision_model.embeddings.class_embedding" in shapes:
+        return None
+    layers = {int(match.group(1)) for key in shapes if (match := SIGLIP_LAYER_KEY.match(key))}
+    return EncoderWidths(embeds=0, hidden=norm[0], layers=max(layers) + 1, positions=positions[0]) if layers else None
 
 
 def read_encoder_widths(path: str | Path) -> EncoderWidths | None:

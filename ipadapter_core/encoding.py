@@ -10,7 +10,7 @@ from .adapter import IPAdapterModel
 from .errors import IPAdapterError
 from .image_prompt import ImagePrompt
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, square_tiles
-from .variants import ENCODERS, IMAGE_EMBEDS, AdapterSpec
+from .variants import BLACK_IMAGE, ENCODERS, IMAGE_EMBEDS, PENULTIMATE, ZERO_FEATURES, AdapterSpec
 
 # pixels (B, 3, S, S), normalised -> the encoder output the adapter reads (B, width) or (B, tokens, width)
 Encoder = Callable[[torch.Tensor], torch.Tensor]
@@ -36,7 +36,10 @@ def check_encoder(spec: AdapterSpec, embeds_width: int, hidden_width: int) -> No
     width = embeds_width if spec.encoder_output == IMAGE_EMBEDS else hidden_width
     if width == spec.encoder_width:
         return
-    given = ENCODERS.get((IMAGE_EMBEDS, embeds_width), f"a CLIP vision model with embedding width {embeds_width}")
+    if embeds_width:
+        given = ENCODERS.get((IMAGE_EMBEDS, embeds_width), f"a CLIP vision model with embedding width {embeds_width}")
+    else:  # no projection to image_embeds: a SigLIP-style encoder
+        given = ENCODERS.get((PENULTIMATE, hidden_width), f"an image encoder without image_embeds (hidden width {hidden_width})")
     raise IPAdapterError(
         f"Wrong CLIP vision model for this IP-Adapter: the {spec.description} needs {spec.encoder_name} "
         f"({spec.encoder_output} width {spec.encoder_width}), but {given} gives width {width}. "
@@ -115,9 +118,11 @@ def encode_image_prompt(
 ) -> ImagePrompt:
     """Project the reference images; by default their tokens are later concatenated (as diffusers does).
 
-    Unconditional tokens: the projection of zero embeddings for pooled-embedding adapters, the
-    projection of the encoder's output for an all-zero pixel tensor for hidden-state adapters,
-    or the projection of the user's negative image(s), combined the same way.
+    Unconditional tokens, as each reference pipeline makes them (spec.unconditional): the
+    projection of zero features (pooled-embedding adapters, SD3.5), of the encoder's output for an
+    all-zero pixel tensor (hidden-state UNet adapters), of a black image (Flux), or of the user's
+    negative image(s), combined the same way. Timestep-conditioned adapters (SD3.5) keep the
+    encoder features instead of tokens: their projection runs at every sampling step.
     crop: "center" crops to a square as the reference does, "squash" resizes without cropping,
     "tiles" encodes square tiles covering wide or tall images, each as a reference.
     batch_size: reference images (with their tiles) encoded per encoder call, 0 for all at once;
@@ -151,12 +156,18 @@ def encode_image_prompt(
                 "or exactly one per reference image."
             )
         negative = negative.expand(count, *negative.shape[1:])
-    elif spec.encoder_output == IMAGE_EMBEDS:
+    elif spec.unconditional == ZERO_FEATURES:
         negative = torch.zeros_like(features)
+    elif spec.unconditional == BLACK_IMAGE:
+        black = clip_pixels(torch.zeros(1, size, size, 3), size, mean, std)
+        negative = encode(black.to(features.device)).expand(count, *features.shape[1:])
     else:
         negative = encode(torch.zeros(1, 3, size, size, device=features.device)).expand(count, *features.shape[1:])
-    cond = adapter.project(combine_features(features, combine, weights)).cpu()
-    uncond = adapter.project(combine_features(negative, combine, weights)).cpu()
+    cond, uncond = combine_features(features, combine, weights), combine_features(negative, combine, weights)
+    if spec.timestep_conditioned:
+        cond, uncond = cond.float().cpu().contiguous(), uncond.float().cpu().contiguous()
+    else:
+        cond, uncond = adapter.project(cond).cpu(), adapter.project(uncond).cpu()
     return ImagePrompt(
         cond=cond,
         uncond=uncond,

@@ -75,8 +75,8 @@ class ImageBranch:
         """
         projection = self.adapter.layer(layer.processor_index)
         tokens = self.on_device("tokens", lambda: torch.cat([self.cond, self.uncond]).float(), device)
-        keys = tokens @ projection.to_k_ip.weight.to(device, torch.float32).T
-        values = tokens @ projection.to_v_ip.weight.to(device, torch.float32).T
+        keys = linear_fp32(tokens, projection.to_k_ip, device)
+        values = linear_fp32(tokens, projection.to_v_ip, device)
         if self.token_scale is not None:
             values = values * self.on_device("token_scale", lambda: torch.cat([self.token_scale, self.token_scale])[..., None], device)
         keys, values = scale_keys_values(keys, values, self.factor(layer), self.scaling, layer.inner_dim)
@@ -92,9 +92,14 @@ class ImageBranch:
         return keys.to(dtype), values.to(dtype)
 
     @property
+    def rows(self) -> int:
+        """Distinct prompts: 1, or one per latent with unfold_batch."""
+        return self.cond.shape[0]
+
+    @property
     def per_latent(self) -> bool:
         """Whether latents of one pass see different tokens or weights (one key/value row per latent)."""
-        return self.cond.shape[0] > 1 or self.latent_weights is not None
+        return self.rows > 1 or self.latent_weights is not None
 
     def query_mask(self, length: int, latent_size: Sequence[int], kinds: Sequence[int], chunk: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
         """The mask at this layer's token grid, (batch, length, 1) in the sampler's batch order."""
@@ -114,7 +119,7 @@ class ImageBranch:
 
     def check_batch(self, latents: int) -> None:
         """Raised before the first step: per-latent inputs must fit the latent batch."""
-        rows = self.cond.shape[0]
+        rows = self.rows
         if rows > latents:
             raise IPAdapterError(
                 f"unfold_batch maps reference i to latent i, but there are {rows} references for {latents} latents. "
@@ -143,6 +148,12 @@ class ImageBranch:
     @property
     def gated(self) -> bool:
         return self.sigma_range is not None
+
+
+def linear_fp32(x: torch.Tensor, layer: torch.nn.Linear, device: torch.device) -> torch.Tensor:
+    """A projection in fp32 from the stored weights (and bias: Flux adapters have one)."""
+    bias = None if layer.bias is None else layer.bias.to(device, torch.float32)
+    return F.linear(x, layer.weight.to(device, torch.float32), bias)
 
 
 def scale_keys_values(keys: torch.Tensor, values: torch.Tensor, weight: float, mode: str, inner_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

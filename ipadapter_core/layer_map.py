@@ -7,6 +7,10 @@ ComfyUI and the original Stable Diffusion code build it) in that order derives t
 UNet of the family - fine-tunes, merges, SD1.5, SDXL - instead of trusting a hard-coded table.
 The same walk names each layer's module path, which places FaceID's in-file LoRA (numbered the
 same way, attn1 at 2j and attn2 at 2j + 1) on the UNet's own weights.
+
+Transformer (DiT) adapters number blocks: XLabs' Flux adapters `double_blocks.{i}` of Flux's
+double-stream blocks, InstantX's SD3.5 adapter the joint blocks of the MMDiT, in model order.
+Their layers are keyed ("double_block", i, 0); ComfyUI patches them as ("double_block", i).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import torch
 from torch import nn
 
 from .errors import IPAdapterError
-from .variants import AdapterSpec
+from .variants import ARCHITECTURE_NAMES, FLUX, SD3, UNET, AdapterSpec
 
 LayerKey = tuple[str, int, int]  # (block name, block number, transformer index), ComfyUI's patch key
+DIT_BLOCK = "double_block"
 
 
 LORA_TARGETS = {"q": "to_q", "k": "to_k", "v": "to_v", "out": "to_out.0"}  # LoRA projection -> Linear in the attention module
@@ -98,6 +103,81 @@ def lora_weight_pairs(
                 )
             out[key] = (down, up)
     return out
+
+
+def model_architecture(diffusion_model: nn.Module) -> str | None:
+    """UNET, FLUX or SD3 from the module structure ComfyUI built; None for anything else."""
+    if hasattr(diffusion_model, "input_blocks"):
+        return UNET
+    blocks = getattr(diffusion_model, "double_blocks", None)
+    if blocks is not None and len(blocks) and hasattr(blocks[0], "img_attn"):
+        return FLUX
+    if getattr(diffusion_model, "joint_blocks", None) is not None:
+        return SD3
+    return None
+
+
+def transformer_layers(diffusion_model: nn.Module) -> list[CrossAttentionLayer]:
+    """The blocks of a Flux or MMDiT model that carry an image branch, in model order.
+
+    Flux: every double-stream block, width and heads of its image-stream attention. MMDiT: every
+    joint block, width and heads of its image (x) stream. context_dim is 0: DiT adapters read
+    image tokens of their own width, unrelated to the text width.
+    """
+    architecture = model_architecture(diffusion_model)
+    layers = []
+    if architecture == FLUX:
+        for index, block in enumerate(diffusion_model.double_blocks):
+            attention = block.img_attn
+            layers.append(CrossAttentionLayer((DIT_BLOCK, index, 0), index, attention.qkv.weight.shape[1], 0, attention.num_heads, f"double_blocks.{index}"))
+    elif architecture == SD3:
+        for index, block in enumerate(diffusion_model.joint_blocks):
+            attention = block.x_block.attn
+            layers.append(CrossAttentionLayer((DIT_BLOCK, index, 0), index, attention.qkv.weight.shape[1], 0, attention.num_heads, f"joint_blocks.{index}"))
+    return layers
+
+
+def model_layers(diffusion_model: nn.Module) -> tuple[str | None, list[CrossAttentionLayer]]:
+    """(architecture, the layers an adapter of that architecture patches)."""
+    architecture = model_architecture(diffusion_model)
+    if architecture == UNET:
+        return architecture, cross_attention_layers(diffusion_model)
+    return architecture, transformer_layers(diffusion_model)
+
+
+def describe_model(architecture: str | None, layers: list[CrossAttentionLayer]) -> str:
+    if architecture == UNET:
+        return family_of({layer.context_dim for layer in layers}) if layers else "a UNet without cross-attention"
+    if architecture in (FLUX, SD3):
+        name = "Flux" if architecture == FLUX else "an SD3-family MMDiT"
+        width = layers[0].inner_dim if layers else 0
+        return f"{name} ({len(layers)} blocks of width {width})"
+    return "a model this pack cannot patch"
+
+
+def match_model(architecture: str | None, layers: list[CrossAttentionLayer], spec: AdapterSpec) -> list[CrossAttentionLayer]:
+    """The model's layers paired with the adapter's, for any architecture; errors name what fits."""
+    if architecture == spec.architecture == UNET:
+        return match_adapter(layers, spec)
+    model = describe_model(architecture, layers)
+    if architecture != spec.architecture:
+        if architecture is None:
+            raise IPAdapterError(f"This model is {model}: IP-Adapters work with SD1.5 and SDXL UNets, Flux.1 and SD3.5 Large.")
+        wanted = ARCHITECTURE_NAMES[architecture] if architecture != UNET else model
+        raise IPAdapterError(
+            f"Wrong IP-Adapter for the model: the model is {model} but this is an {spec.description}. "
+            f"Load an IP-Adapter made for {wanted}."
+        )
+    adapter_dims = dict(spec.layer_dims)
+    model_dims = {layer.processor_index: layer.inner_dim for layer in layers}
+    if adapter_dims != model_dims:
+        widths = sorted(set(adapter_dims.values()))
+        raise IPAdapterError(
+            f"The {spec.description} has {len(adapter_dims)} blocks of width {'/'.join(map(str, widths))}, but the model is "
+            f"{model}. It was trained for {ARCHITECTURE_NAMES[spec.architecture]}; use a model of that architecture "
+            "(SD3.5 Medium and Flux.2 are different architectures)."
+        )
+    return layers
 
 
 def match_adapter(layers: list[CrossAttentionLayer], spec: AdapterSpec, model_name: str = "this model") -> list[CrossAttentionLayer]:

@@ -6,6 +6,10 @@ block that share its width; above it lie the input and output regions. InstantSt
 choice falls out of the same structure: composition is the last block of the encoder's deepest
 stage, style the second block of the decoder's deepest stage (on SDXL: input 8 and output 1,
 its down_blocks.2.attentions.1 and up_blocks.0.attentions.1; on SD1.5: input 8 and output 4).
+
+Transformer models (Flux, SD3.5) are one stack of blocks without stages: the curves over the
+layer order apply to them as they are (first block to last); the region and InstantStyle types
+have no meaning there and are refused with an error that lists the ones that work.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 from collections.abc import Sequence
 
 from .errors import IPAdapterError
-from .layer_map import CrossAttentionLayer, LayerKey
+from .layer_map import DIT_BLOCK, CrossAttentionLayer, LayerKey
 
 WEIGHT_TYPES = (
     "linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak middle",
@@ -22,7 +26,12 @@ WEIGHT_TYPES = (
 )
 WEAK = 0.2
 FLOOR = 0.05  # ease curves never switch a layer fully off
-BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2}
+BLOCK_ORDER = {"input": 0, "middle": 1, "output": 2, DIT_BLOCK: 0}
+POSITION_TYPES = ("linear", "ease in", "ease out", "ease in-out", "reverse in-out")  # the ones defined on transformer stacks
+
+
+def is_transformer_stack(layers: Sequence[CrossAttentionLayer]) -> bool:
+    return any(layer.key[0] == DIT_BLOCK for layer in layers)
 
 
 def execution_order(layers: Sequence[CrossAttentionLayer]) -> list[CrossAttentionLayer]:
@@ -58,9 +67,14 @@ def layer_factors(layers: Sequence[CrossAttentionLayer], weight_type: str) -> di
     """Factor per layer for a weight type; 'style and composition' gives the style half (see composition_factors)."""
     if weight_type not in WEIGHT_TYPES:
         raise IPAdapterError(f"Unknown weight_type {weight_type!r}; choose one of {', '.join(WEIGHT_TYPES)}.")
+    if is_transformer_stack(layers) and weight_type not in POSITION_TYPES:
+        raise IPAdapterError(
+            f"weight_type {weight_type!r} is defined on UNets (their input, middle and output stages, InstantStyle's blocks); "
+            f"this transformer model is one stack of blocks. Use one of {', '.join(POSITION_TYPES)}, or layer_weights with 'block N'."
+        )
     ordered = execution_order(layers)
     last = max(len(ordered) - 1, 1)
-    region = regions(layers)
+    region = {} if is_transformer_stack(layers) else regions(layers)
     factors = {}
     for i, layer in enumerate(ordered):
         p = i / last  # 0 at the first input layer, 1 at the last output layer
@@ -70,10 +84,10 @@ def layer_factors(layers: Sequence[CrossAttentionLayer], weight_type: str) -> di
             "ease out": FLOOR + (1 - FLOOR) * (1 - p) ** 2,
             "ease in-out": FLOOR + (1 - FLOOR) * (1 - abs(2 * p - 1)) ** 2,
             "reverse in-out": FLOOR + (1 - FLOOR) * abs(2 * p - 1) ** 2,
-            "weak input": WEAK if region[layer.key] == "input" else 1.0,
-            "weak middle": WEAK if region[layer.key] == "middle" else 1.0,
-            "weak output": WEAK if region[layer.key] == "output" else 1.0,
-            "strong middle": 1.0 if region[layer.key] == "middle" else WEAK,
+            "weak input": WEAK if region.get(layer.key) == "input" else 1.0,
+            "weak middle": WEAK if region.get(layer.key) == "middle" else 1.0,
+            "weak output": WEAK if region.get(layer.key) == "output" else 1.0,
+            "strong middle": 1.0 if region.get(layer.key) == "middle" else WEAK,
         }.get(weight_type, 0.0)
     if weight_type in ("style transfer", "style and composition", "composition"):
         style, composition = style_and_composition_blocks(layers)
@@ -87,8 +101,8 @@ def composition_factors(layers: Sequence[CrossAttentionLayer]) -> dict[LayerKey,
     return layer_factors(layers, "composition")
 
 
-SELECTOR = re.compile(r"^(?:(all|input|middle|output|style|composition)|(in|input|out|output|mid|middle)\s*(\d+)(?:\.(\d+))?)$")
-SHORT_NAMES = {"in": "input", "out": "output", "mid": "middle"}
+SELECTOR = re.compile(r"^(?:(all|input|middle|output|style|composition)|(in|input|out|output|mid|middle|block)\s*(\d+)(?:\.(\d+))?)$")
+SHORT_NAMES = {"in": "input", "out": "output", "mid": "middle", "block": DIT_BLOCK}
 
 
 def apply_layer_spec(factors: dict[LayerKey, float], layers: Sequence[CrossAttentionLayer], spec: str) -> dict[LayerKey, float]:
@@ -98,7 +112,8 @@ def apply_layer_spec(factors: dict[LayerKey, float], layers: Sequence[CrossAtten
     a block ('input 8', 'out 1', 'mid 0'); one transformer of a block ('output 1.3').
     """
     factors = dict(factors)
-    region = regions(layers)
+    stack = is_transformer_stack(layers)
+    region = {} if stack else regions(layers)
     for item in re.split(r"[,\n;]", spec):
         if not item.strip():
             continue
@@ -113,11 +128,17 @@ def apply_layer_spec(factors: dict[LayerKey, float], layers: Sequence[CrossAtten
             raise IPAdapterError(
                 f"Cannot read layer weight {item.strip()!r}. Write 'selector: value' items separated by commas, "
                 "selectors being all, input, middle, output, style, composition, a block like 'input 8' or "
-                "'output 1', or one transformer like 'output 1.3'."
+                "'output 1', or one transformer like 'output 1.3' (on Flux and SD3.5: all, or a block like 'block 3')."
+            )
+        if stack and (match.group(1) not in (None, "all") or (match.group(2) is not None and SHORT_NAMES.get(match.group(2)) != DIT_BLOCK)):
+            raise IPAdapterError(
+                f"Layer weight {item.strip()!r}: this transformer model has no UNet stages or InstantStyle blocks; "
+                "select 'all' or blocks by number, like 'block 3'."
             )
         chosen = select(match, layers, region)
         if not chosen:
-            blocks = ", ".join(sorted({f"{k[0]} {k[1]}" for k in factors}, key=lambda s: (BLOCK_ORDER[s.split()[0]], int(s.split()[1]))))
+            names = {DIT_BLOCK: "block"}
+            blocks = ", ".join(f"{names.get(k[0], k[0])} {k[1]}" for k in sorted({k[:2] for k in factors}, key=lambda k: (BLOCK_ORDER[k[0]], k[1])))
             raise IPAdapterError(f"Layer weight {item.strip()!r} selects no cross-attention layer of this model; its blocks are: {blocks}.")
         for key in chosen:
             factors[key] = factor

@@ -1,8 +1,10 @@
-"""The image projection networks of the official IP-Adapters, in their checkpoint layouts.
+"""The image projection networks of the supported IP-Adapters, in their checkpoint layouts.
 
-Each turns image features (CLIP's, or InsightFace's face embedding for FaceID) into tokens of
-the UNet's text-embedding width. Module and parameter names follow the official checkpoints
-exactly, so `load_state_dict` is strict.
+Each turns image features (CLIP's or SigLIP's, or InsightFace's face embedding for FaceID) into
+tokens of the width the adapter's key/value projections read. Module and parameter names follow
+the official checkpoints exactly, so `load_state_dict` is strict. XLabs' Flux adapters use
+ImageProjModel; InstantX's SD3.5 adapter a Resampler whose every block is modulated by the
+diffusion timestep (TimeResampler).
 """
 
 from __future__ import annotations
@@ -53,9 +55,13 @@ class PerceiverAttention(nn.Module):
         self.to_kv = nn.Linear(dim, heads * dim_head * 2, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, latents: torch.Tensor, modulation: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """modulation: (shift, scale) per sample applied to the normed latents (TimeResampler)."""
         x = self.norm1(x)
         latents = self.norm2(latents)
+        if modulation is not None:
+            shift, scale = modulation
+            latents = latents * (1 + scale[:, None]) + shift[:, None]
         batch, length, _ = latents.shape
         q = self.split_heads(self.to_q(latents))
         k, v = (self.split_heads(t) for t in self.to_kv(torch.cat((x, latents), dim=-2)).chunk(2, dim=-1))
@@ -134,6 +140,61 @@ class FacePlusProjection(FaceProjection):
         return refined if shortcut_scale is None else tokens + shortcut_scale * refined
 
 
+def sinusoidal_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """cos/sin features of the timestep at geometric frequencies, cosines first (the layout the
+    InstantX adapter was trained with: diffusers' Timesteps with flip_sin_to_cos, no shift)."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    angles = timesteps.float()[:, None] * frequencies[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(torch.nn.functional.silu(self.linear_1(x)))
+
+
+class TimeResampler(nn.Module):
+    """SD3.5 (InstantX): a Resampler whose inputs and blocks are shifted and scaled by an embedding
+    of the diffusion timestep, so the image tokens change along the schedule.
+
+    Layout per block i: `layers.i.0` the perceiver attention, `layers.i.1` the feed-forward (its
+    LayerNorm output is modulated), `layers.i.2` (SiLU, Linear) giving the four modulations.
+    forward returns the tokens and the timestep embedding, which every joint block's adaptive
+    norm of the image tokens also reads.
+    """
+
+    def __init__(self, dim: int, depth: int, heads: int, num_queries: int, embedding_dim: int, output_dim: int, timestep_dim: int, ff_mult: int = 4):
+        super().__init__()
+        self.timestep_dim = timestep_dim
+        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
+        self.proj_in = nn.Linear(embedding_dim, dim)
+        self.proj_out = nn.Linear(dim, output_dim)
+        self.norm_out = nn.LayerNorm(output_dim)
+        self.time_embedding = TimestepEmbedding(timestep_dim, dim)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([PerceiverAttention(dim, heads), feed_forward(dim, ff_mult), nn.Sequential(nn.SiLU(), nn.Linear(dim, 4 * dim))])
+            for _ in range(depth)
+        )
+
+    def forward(self, hidden_states: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden_states (B, tokens, width), timesteps (B,) as the diffusion model receives them."""
+        temb = self.time_embedding(sinusoidal_embedding(timesteps, self.timestep_dim).to(hidden_states.dtype))
+        latents = self.latents.repeat(hidden_states.shape[0], 1, 1)
+        x = self.proj_in(hidden_states) + temb[:, None]
+        for attention, ff, modulation in self.layers:
+            shift_msa, scale_msa, shift_mlp, scale_mlp = modulation(temb).chunk(4, dim=1)
+            latents = attention(x, latents, (shift_msa, scale_msa)) + latents
+            normed = ff[0](latents) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+            latents = ff[3](ff[2](ff[1](normed))) + latents
+        return self.norm_out(self.proj_out(latents)), temb
+
+
 def build_image_projection(spec: AdapterSpec, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Instantiate the projection for `spec` on the meta device and adopt the file's tensors.
 
@@ -157,6 +218,18 @@ def build_image_projection(spec: AdapterSpec, state_dict: dict[str, torch.Tensor
                 ff_mult=state_dict["perceiver_resampler.layers.0.1.1.weight"].shape[0] // state_dict["perceiver_resampler.proj_in.weight"].shape[0],
             )
             model = FacePlusProjection(spec.face_width, state_dict["proj.0.weight"].shape[0], spec.cross_attention_dim, spec.num_tokens, perceiver)
+        elif spec.projection == "time_resampler":
+            dim = state_dict["proj_in.weight"].shape[0]
+            model = TimeResampler(
+                dim=dim,
+                depth=spec.resampler_depth,
+                heads=spec.resampler_heads,
+                num_queries=spec.num_tokens,
+                embedding_dim=spec.encoder_width,
+                output_dim=spec.cross_attention_dim,
+                timestep_dim=state_dict["time_embedding.linear_1.weight"].shape[1],
+                ff_mult=state_dict["layers.0.1.1.weight"].shape[0] // dim,
+            )
         else:  # "resampler", "face_resampler"
             dim = state_dict["proj_in.weight"].shape[0]
             model = Resampler(

@@ -16,7 +16,23 @@ PENULTIMATE = "penultimate_hidden_states"
 FACE_EMBEDS = "face_embeds"  # InsightFace's identity embedding (recognition model output)
 FACE_WIDTH = 512  # every InsightFace recognition model (buffalo_l, antelopev2) embeds faces in 512 dimensions
 
+# The model architecture an adapter patches: UNets get an image branch in every cross-attention
+# layer; Flux.1 (XLabs layout) in every double-stream block's image stream; SD3.5 (InstantX
+# layout) in every joint block, conditioned on the timestep.
+UNET = "unet"
+FLUX = "flux"
+SD3 = "sd3"
+ARCHITECTURE_NAMES = {UNET: "UNet", FLUX: "Flux.1", SD3: "SD3.5 Large"}
+
+# What the unconditional (CFG negative) pass sees when no negative image is given, as each
+# reference pipeline makes it: zero encoder features, the encoder's answer to an all-zero pixel
+# tensor (a mean-grey image), or a black image (diffusers' Flux pipeline).
+ZERO_FEATURES = "zero features"
+ZERO_PIXELS = "zero pixels"
+BLACK_IMAGE = "black image"
+
 # (encoder output, width) -> the encoder that produces it, and the file users download for it.
+SIGLIP = "SigLIP so400m/14-384"
 ENCODERS = {
     (IMAGE_EMBEDS, 1024): "CLIP ViT-H/14",
     (PENULTIMATE, 1280): "CLIP ViT-H/14",
@@ -25,11 +41,13 @@ ENCODERS = {
     (IMAGE_EMBEDS, 768): "CLIP ViT-L/14",
     (PENULTIMATE, 1024): "CLIP ViT-L/14",
     (FACE_EMBEDS, FACE_WIDTH): "InsightFace",
+    (PENULTIMATE, 1152): SIGLIP,
 }
 ENCODER_FILES = {
     "CLIP ViT-H/14": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
     "CLIP ViT-bigG/14": "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors",
     "CLIP ViT-L/14": "clip-vit-large-patch14.safetensors",
+    SIGLIP: "sigclip_vision_patch14_384.safetensors",
 }
 FAMILIES = {768: "SD1.5", 2048: "SDXL"}
 LAYER_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
@@ -47,6 +65,10 @@ KINDS = {
 }
 FACE_PROJECTIONS = ("face_mlp", "face_plus", "face_resampler")
 PORTRAIT_TOKENS = 16  # portrait adapters give 16 tokens per face instead of FaceID's 4
+# Per-layer tensors of the DiT layouts, after checkpoint.py's renaming (`{block}.{name}`).
+FLUX_LAYER_TENSORS = ("to_k_ip.weight", "to_k_ip.bias", "to_v_ip.weight", "to_v_ip.bias")
+SD3_LAYER_TENSORS = ("norm_ip.linear.weight", "norm_ip.linear.bias", "to_k_ip.weight", "to_v_ip.weight",
+                     "norm_q.weight", "norm_k.weight", "norm_ip_k.weight")
 
 
 @dataclass(frozen=True)
@@ -54,7 +76,8 @@ class AdapterSpec:
     """Everything the rest of the pack needs to know about an adapter, derived from its weights."""
 
     # "linear" (ImageProjModel), "resampler" (Plus), "mlp" (full-face); FaceID: "face_mlp" (FaceID,
-    # portrait), "face_plus" (FaceID plus / plusv2), "face_resampler" (portrait, unnormalised)
+    # portrait), "face_plus" (FaceID plus / plusv2), "face_resampler" (portrait, unnormalised);
+    # SD3.5: "time_resampler" (timestep-conditioned Resampler)
     projection: str
     encoder_output: str  # IMAGE_EMBEDS, PENULTIMATE, or FACE_EMBEDS for FaceID adapters without a CLIP half
     encoder_width: int  # width of that encoder output
@@ -67,10 +90,28 @@ class AdapterSpec:
     face_width: int = 0  # width of the face embedding a FaceID projection reads
     lora_rank: int = 0  # rank of the in-file UNet LoRA (0: none)
     lora_layers: tuple[int, ...] = ()  # processor indices n the LoRA patches (attn1: even, attn2: odd)
+    architecture: str = UNET
+    head_dim: int = 0  # DiT layouts: the per-head width their norms act on (SD3.5); 0 where unused
 
     @property
     def family(self) -> str:
+        if self.architecture != UNET:
+            return ARCHITECTURE_NAMES[self.architecture]
         return FAMILIES.get(self.cross_attention_dim, f"a model with text width {self.cross_attention_dim}")
+
+    @property
+    def timestep_conditioned(self) -> bool:
+        """The projection depends on the timestep (SD3.5): image prompts hold encoder features,
+        projected once per sampling step."""
+        return self.projection == "time_resampler"
+
+    @property
+    def unconditional(self) -> str:
+        if self.architecture == FLUX:
+            return BLACK_IMAGE
+        if self.encoder_output == IMAGE_EMBEDS or self.architecture == SD3:
+            return ZERO_FEATURES
+        return ZERO_PIXELS
 
     @property
     def encoder_name(self) -> str:
@@ -91,6 +132,10 @@ class AdapterSpec:
 
     @property
     def description(self) -> str:
+        if self.architecture == FLUX:
+            return f"Flux.1 IP-Adapter (XLabs, {self.num_tokens} tokens, needs {self.encoder_name})"
+        if self.architecture == SD3:
+            return f"SD3.5 Large IP-Adapter (InstantX, {self.num_tokens} tokens, needs {self.encoder_name})"
         kind = KINDS[self.projection]
         if self.projection == "face_mlp" and self.num_tokens == PORTRAIT_TOKENS:
             kind = "FaceID portrait"
@@ -102,9 +147,25 @@ class AdapterSpec:
         return f"{self.family} IP-Adapter ({kind}, needs {needs})"
 
 
+def architecture_of(weights: AdapterWeights) -> str:
+    """Which model family the per-layer weights were made for, from their names: biases on the
+    image keys/values are XLabs' Flux layout, per-block norms InstantX's SD3.5 layout."""
+    names = {key.split(".", 1)[1] for key in weights.ip_adapter if "." in key}
+    if "norm_ip.linear.weight" in names:
+        return SD3
+    if "to_k_ip.bias" in names:
+        return FLUX
+    return UNET
+
+
 def detect_variant(weights: AdapterWeights) -> AdapterSpec:
-    """Identify the projection network and the UNet layers from the state dict alone."""
+    """Identify the projection network and the model layers from the state dict alone."""
     proj = weights.image_proj
+    architecture = architecture_of(weights)
+    if architecture == FLUX:
+        return detect_flux(weights)
+    if architecture == SD3:
+        return detect_sd3(weights)
     layer_dims, cross_dim, lora_rank, lora_layers = read_layers(weights.ip_adapter)
     lora = dict(lora_rank=lora_rank, lora_layers=lora_layers)
     if "perceiver_resampler.proj_in.weight" in proj and "proj.0.weight" in proj:
@@ -179,7 +240,7 @@ def detect_variant(weights: AdapterWeights) -> AdapterSpec:
             "Unrecognised image projection in this IP-Adapter file (keys: "
             f"{', '.join(sorted(proj)[:6])}...). Supported: base, light, vit-G, plus, plus-face, "
             "full-face and FaceID (faceid, plus, plusv2, portrait) for SD1.5; base, vit-h, plus, "
-            "plus-face and FaceID (faceid, plusv2, portrait, portrait-unnorm) for SDXL."
+            "plus-face and FaceID (faceid, plusv2, portrait, portrait-unnorm) for SDXL; XLabs' for Flux.1; InstantX's for SD3.5 Large."
         )
     if spec.cross_attention_dim != cross_dim:
         raise IPAdapterError(
@@ -192,6 +253,87 @@ def detect_variant(weights: AdapterWeights) -> AdapterSpec:
             f"{FACE_WIDTH} wide; the file is damaged or not an official FaceID adapter."
         )
     return spec
+
+
+def detect_flux(weights: AdapterWeights) -> AdapterSpec:
+    """XLabs' Flux.1 adapters (v1, v2): CLIP ViT-L/14 image_embeds -> ImageProjModel -> N tokens, and
+    per double-stream block a biased key/value pair."""
+    proj = weights.image_proj
+    if not ("proj.weight" in proj and "norm.weight" in proj):
+        raise IPAdapterError(
+            "This Flux IP-Adapter has an image projection this pack does not know (keys: "
+            f"{', '.join(sorted(proj)[:6])}...); XLabs' flux-ip-adapter and flux-ip-adapter-v2 are supported."
+        )
+    blocks = read_block_tensors(weights.ip_adapter, FLUX_LAYER_TENSORS, "Flux")
+    width = proj["norm.weight"].shape[0]
+    layer_dims = []
+    for index, tensors in blocks:
+        k, v = tensors["to_k_ip.weight"], tensors["to_v_ip.weight"]
+        if k.ndim != 2 or k.shape != v.shape or k.shape[1] != width or tensors["to_k_ip.bias"].shape != k.shape[:1] or tensors["to_v_ip.bias"].shape != k.shape[:1]:
+            raise IPAdapterError(f"Double block {index} of the Flux IP-Adapter has mismatched key/value shapes; the file is damaged.")
+        layer_dims.append((index, k.shape[0]))
+    return AdapterSpec(
+        projection="linear",
+        encoder_output=IMAGE_EMBEDS,
+        encoder_width=proj["proj.weight"].shape[1],
+        cross_attention_dim=width,
+        num_tokens=proj["proj.weight"].shape[0] // width,
+        layer_dims=tuple(layer_dims),
+        architecture=FLUX,
+    )
+
+
+def detect_sd3(weights: AdapterWeights) -> AdapterSpec:
+    """InstantX's SD3.5-Large adapter: SigLIP penultimate hidden states -> a timestep-conditioned
+    Resampler -> 64 tokens, and per joint block an adaptive norm, keys/values and three RMS norms."""
+    proj = weights.image_proj
+    needed = ("latents", "proj_in.weight", "proj_out.weight", "time_embedding.linear_1.weight", "layers.0.0.to_q.weight", "layers.0.2.1.weight")
+    if any(key not in proj for key in needed):
+        raise IPAdapterError(
+            "This SD3.5 IP-Adapter has an image projection this pack does not know (keys: "
+            f"{', '.join(sorted(proj)[:6])}...); InstantX's SD3.5-Large-IP-Adapter is supported."
+        )
+    blocks = read_block_tensors(weights.ip_adapter, SD3_LAYER_TENSORS, "SD3.5")
+    width = proj["proj_out.weight"].shape[0]
+    head_dims = set()
+    layer_dims = []
+    for index, tensors in blocks:
+        k = tensors["to_k_ip.weight"]
+        if k.ndim != 2 or k.shape[1] != width or tensors["to_v_ip.weight"].shape != k.shape:
+            raise IPAdapterError(f"Joint block {index} of the SD3.5 IP-Adapter has mismatched key/value shapes; the file is damaged.")
+        head_dims.update(tensors[name].shape[0] for name in ("norm_q.weight", "norm_k.weight", "norm_ip_k.weight"))
+        layer_dims.append((index, k.shape[0]))
+    if len(head_dims) != 1:
+        raise IPAdapterError("The SD3.5 IP-Adapter's per-block norms disagree on the head width; the file is damaged.")
+    return AdapterSpec(
+        projection="time_resampler",
+        encoder_output=PENULTIMATE,
+        encoder_width=proj["proj_in.weight"].shape[1],
+        cross_attention_dim=width,
+        num_tokens=proj["latents"].shape[1],
+        layer_dims=tuple(layer_dims),
+        resampler_heads=proj["layers.0.0.to_q.weight"].shape[0] // 64,
+        resampler_depth=depth_of(proj),
+        architecture=SD3,
+        head_dim=head_dims.pop(),
+    )
+
+
+def read_block_tensors(ip_adapter: dict[str, torch.Tensor], names: tuple[str, ...], family: str) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """`{block}.{name}` tensors grouped per block, every block complete and numbered 0..n-1."""
+    blocks: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in ip_adapter.items():
+        index, _, name = key.partition(".")
+        if not index.isdigit() or name not in names:
+            raise IPAdapterError(f"Unexpected key {key!r} in the {family} IP-Adapter's block weights; the file is not a supported {family} IP-Adapter.")
+        blocks.setdefault(int(index), {})[name] = tensor
+    for index, tensors in blocks.items():
+        missing = sorted(set(names) - set(tensors))
+        if missing:
+            raise IPAdapterError(f"Block {index} of the {family} IP-Adapter lacks {', '.join(missing)}; the file is damaged.")
+    if sorted(blocks) != list(range(len(blocks))):
+        raise IPAdapterError(f"The {family} IP-Adapter's blocks are numbered {sorted(blocks)}, with gaps; the file is damaged.")
+    return sorted(blocks.items())
 
 
 def depth_of(resampler: dict[str, torch.Tensor]) -> int:

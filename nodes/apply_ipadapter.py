@@ -11,10 +11,12 @@ from ..ipadapter_core.branches import FRACTION_RANGE, LORA_STRENGTH_RANGE, WEIGH
 from ..ipadapter_core.errors import IPAdapterError
 from ..ipadapter_core.image_branch import SCALING_MODES
 from ..ipadapter_core.image_prompt import ImagePrompt
-from ..ipadapter_core.layer_map import CrossAttentionLayer, cross_attention_layers, lora_weight_pairs, match_adapter
+from ..ipadapter_core.layer_map import CrossAttentionLayer, lora_weight_pairs, match_model, model_layers
 from ..ipadapter_core.layer_weights import WEIGHT_TYPES
+from ..ipadapter_core.variants import UNET
 from .api import CATEGORY, io
 from .attention_patch import install_branch
+from .dit_patch import install_dit_branch
 from .load_ipadapter import LoadedIPAdapter
 from .socket_types import ImagePromptSocket, IPAdapterSocket, WeightScheduleSocket
 
@@ -23,7 +25,7 @@ UNET_PREFIX = "diffusion_model."  # where the UNet's weights sit in the model's 
 
 
 def model_input() -> io.Input:
-    return io.Model.Input("model", tooltip="An SD1.5 or SDXL model matching the adapter.")
+    return io.Model.Input("model", tooltip="An SD1.5, SDXL, Flux.1 or SD3.5 Large model matching the adapter.")
 
 
 def weight_input() -> io.Input:
@@ -41,7 +43,10 @@ def end_at_input() -> io.Input:
 def weight_type_input(optional: bool) -> io.Input:
     return io.Combo.Input(
         "weight_type", options=list(WEIGHT_TYPES), default="linear", optional=optional,
-        tooltip="How the weight is spread over the UNet's layers. linear: the same everywhere. style transfer / composition: only the InstantStyle layers.",
+        tooltip=(
+            "How the weight is spread over the UNet's layers. linear: the same everywhere. style transfer / composition: only the "
+            "InstantStyle layers. Flux/SD3.5: linear and the ease curves only (over the blocks, first to last); the others are an error."
+        ),
     )
 
 
@@ -68,13 +73,13 @@ class ApplyIPAdapter(io.ComfyNode):
                 start_at_input(),
                 end_at_input(),
                 weight_type_input(optional=True),
-                io.Combo.Input("embeds_scaling", options=list(SCALING_MODES), default="V only", optional=True, tooltip="Where the weight enters the attention. V only is the paper's formula."),
+                io.Combo.Input("embeds_scaling", options=list(SCALING_MODES), default="V only", optional=True, tooltip="Where the weight enters the attention. V only is the paper's formula. SD3.5: V only (its image keys are RMS-normed)."),
                 io.Mask.Input("attn_mask", optional=True, tooltip="The image prompt acts only where the mask is 1 (resized to every layer). One mask, or one per latent."),
                 io.Boolean.Input("unfold_batch", default=False, optional=True, tooltip="Reference i goes to latent i (the last repeats) instead of all references to every latent."),
                 WeightScheduleSocket.Input("weight_schedule", optional=True, tooltip="Per-latent factors on the weight (animation), the last repeating."),
                 ImagePromptSocket.Input("composition_image_prompt", optional=True, tooltip="With weight_type 'style and composition': the prompt for the composition layers (default: image_prompt)."),
                 io.Float.Input("composition_weight", default=1.0, min=WEIGHT_RANGE[0], max=WEIGHT_RANGE[1], step=0.05, optional=True, tooltip="With 'style and composition': the weight of the composition layers."),
-                io.String.Input("layer_weights", default="", optional=True, tooltip="Power users: per-layer factors applied after weight_type, e.g. 'all:0, style:1, output 4:0.5, middle 0.3:0'."),
+                io.String.Input("layer_weights", default="", optional=True, tooltip="Power users: per-layer factors applied after weight_type, e.g. 'all:0, style:1, output 4:0.5, middle 0.3:0'. Flux/SD3.5: 'all' and blocks by number, e.g. 'all:0, block 3:1'."),
                 io.Float.Input(
                     "lora_strength", default=1.0, min=LORA_STRENGTH_RANGE[0], max=LORA_STRENGTH_RANGE[1], step=0.05, optional=True,
                     tooltip="FaceID adapters with a LoRA inside (faceid, plus, plusv2): its strength on the UNet, 1 as trained; 0 leaves the UNet's weights alone. Added once per model, like a LoRA node; other adapters ignore it.",
@@ -122,13 +127,17 @@ def apply_prompt(
     """A clone of `model` with the branches of ipadapter_core.branches.build_branches installed (options
     are its optional inputs: weight_type, embeds_scaling, attn_mask...), and a FaceID adapter's
     in-file LoRA as weight patches."""
-    layers = match_adapter(cross_attention_layers(model.get_model_object("diffusion_model")), ipadapter.model.spec)
+    architecture, layers = model_layers(model.get_model_object("diffusion_model"))
+    layers = match_model(architecture, layers, ipadapter.model.spec)
     percent_to_sigma = model.get_model_object("model_sampling").percent_to_sigma
     branches = build_branches(ipadapter.model, layers, image_prompt, weight, start_at, end_at, percent_to_sigma, **options)
     lora_strength = check_range("lora_strength", lora_strength, *LORA_STRENGTH_RANGE)
     patched = model.clone()
     for branch in branches:
-        install_branch(patched, layers, branch)
+        if architecture == UNET:
+            install_branch(patched, layers, branch)
+        else:
+            install_dit_branch(patched, layers, branch, architecture)
     register_adapter(patched, ipadapter)
     add_adapter_lora(patched, layers, ipadapter, lora_strength)
     return patched

@@ -40,13 +40,19 @@ class ImagePromptAttention:
         return ImagePromptAttention(self.layer, self.branches + (branch,), self.previous)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        heads = extra_options["n_heads"]
-        precision = extra_options.get("attn_precision")
+        if self.previous is not None:
+            out = self.previous(q, k, v, extra_options)
+        else:
+            out = host_attention(extra_options)(q, k, v, extra_options["n_heads"])
+        return self.add_image(out, q, extra_options)
 
-        def attention(q_, k_, v_, heads_):
-            return optimized_attention(q_, k_, v_, heads_, attn_precision=precision, transformer_options=extra_options)
+    def add_image(self, out: torch.Tensor, q: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        """out + every branch's image attention for queries q (B, L, heads*dim); Flux blocks use it too.
 
-        out = self.previous(q, k, v, extra_options) if self.previous is not None else attention(q, k, v, heads)
+        extra_options: ComfyUI's transformer options with cond_or_uncond, sigmas and, with masks,
+        original_shape (the latent's).
+        """
+        attention = host_attention(extra_options)
         kinds = tuple(extra_options.get("cond_or_uncond") or (0,))
         chunk = q.shape[0] // len(kinds)
         key = (q.device, q.dtype, kinds, chunk)
@@ -81,6 +87,16 @@ class ImagePromptAttention:
         self.mask_cache.clear()
         for branch in self.branches:
             branch.release()
+
+
+def host_attention(extra_options: dict):
+    """The attention kernel ComfyUI picked, with the layer's precision setting, as an AttentionFn."""
+    precision = extra_options.get("attn_precision")
+
+    def attention(q, k, v, heads):
+        return optimized_attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
+
+    return attention
 
 
 def attn2_patches(patcher: ModelPatcher) -> dict:

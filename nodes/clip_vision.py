@@ -21,13 +21,15 @@ def comfy_encoder(clip_vision, spec: AdapterSpec) -> Encoder:
     in [0, 1] preprocesses to.
     """
     projection = getattr(clip_vision.model, "visual_projection", None)
-    if projection is None:
+    vision = getattr(clip_vision.model, "vision_model", None)
+    if projection is None or vision is None:
         raise IPAdapterError(
-            f"This image encoder is not a CLIP vision model; the {spec.description} needs {spec.encoder_name}. "
+            f"This image encoder is not a CLIP or SigLIP vision model; the {spec.description} needs {spec.encoder_name}. "
             f"Load {spec.encoder_file} with the Load CLIP Vision node."
         )
-    embeds_width, hidden_width = projection.weight.shape
-    check_encoder(spec, embeds_width, hidden_width)
+    # SigLIP has no projection to image_embeds (ComfyUI puts an identity there): width 0.
+    embeds_width = projection.weight.shape[0] if isinstance(projection, torch.nn.Module) else 0
+    check_encoder(spec, embeds_width, vision.post_layernorm.weight.shape[0])
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         comfy.model_management.load_model_gpu(clip_vision.patcher)

@@ -44,6 +44,18 @@ DIFFUSERS_UNET_CONFIGS = {
     ),
 }
 
+# Small diffusers transformers with the real block structure, for reference comparisons on a CPU.
+# Flux: joint_attention_dim stays 4096 because diffusers' Flux loader tells 16-token adapters from
+# 4-token ones by their projection's 65536 = 16 x 4096 rows; heads x head width is free (ComfyUI's
+# own detection would assume 24 heads of 128, so ComfyUI's model is built from flux_unet_config).
+DIFFUSERS_FLUX_CONFIG = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=1, attention_head_dim=32, num_attention_heads=2,
+                             joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(8, 12, 12))
+# SD3.5 Large's structure (RMS QK-norm, head width 64, no dual-attention layers) at 3 heads and 3 blocks
+# (ComfyUI reads the MMDiT's depth from its width: blocks = heads = width / 64).
+DIFFUSERS_SD3_CONFIG = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=64, num_attention_heads=3,
+                            joint_attention_dim=256, caption_projection_dim=192, pooled_projection_dim=64, out_channels=16,
+                            pos_embed_max_size=16, qk_norm="rms_norm")
+
 VISION_CONFIGS = {
     "vit-h": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32, projection_dim=1024),
     "vit-bigg": dict(hidden_size=1664, intermediate_size=8192, num_attention_heads=16, num_hidden_layers=48, projection_dim=1280),
@@ -180,6 +192,60 @@ def save_adapter(state_dict: dict[str, dict[str, torch.Tensor]], path: Path, pre
     return path
 
 
+def flux_adapter_state_dict(
+    blocks: int = 19, hidden: int = 3072, width: int = 4096, clip_dim: int = 768, tokens: int = 16, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """A random XLabs Flux.1 IP-Adapter, flat keys as in its released ip_adapter.safetensors.
+
+    v1 has 4 tokens, v2 16; both read CLIP ViT-L/14 image_embeds (768) and make tokens of the
+    T5 width (4096); every double-stream block (19, width 3072) gets a biased key/value pair.
+    """
+    r = Randn(seed, dtype)
+    state = {
+        "ip_adapter_proj_model.proj.weight": r.weight(tokens * width, clip_dim),
+        "ip_adapter_proj_model.proj.bias": r(tokens * width, scale=0.1),
+        **r.norm(width, "ip_adapter_proj_model.norm"),
+    }
+    for i in range(blocks):
+        for kv in "kv":
+            prefix = f"double_blocks.{i}.processor.ip_adapter_double_stream_{kv}_proj"
+            state[f"{prefix}.weight"] = r.weight(hidden, width)
+            state[f"{prefix}.bias"] = r(hidden, scale=0.1)
+    return state
+
+
+def sd3_adapter_state_dict(
+    blocks: int = 38, hidden: int = 2432, head_dim: int = 64, dim: int = 1280, heads: int = 20, depth: int = 4, queries: int = 64,
+    clip_dim: int = 1152, timestep_dim: int = 320, seed: int = 0, dtype: torch.dtype = torch.float32,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """A random InstantX SD3.5-Large IP-Adapter in its released nested layout (ip-adapter.bin).
+
+    image_proj: a Resampler (dim 1280, 20 heads, depth 4, 64 queries) over SigLIP so400m hidden
+    states (1152) with a timestep embedding (320 sinusoidal -> 1280) modulating every block;
+    tokens of the model's width (2432). ip_adapter: per joint block (38) an adaptive norm of the
+    tokens driven by that embedding, to_k_ip/to_v_ip and RMS norms (head width 64).
+    """
+    r = Randn(seed, dtype)
+    proj = {"latents": r(1, queries, dim, scale=dim**-0.5), "proj_in.weight": r.weight(dim, clip_dim), "proj_in.bias": r(dim, scale=0.1),
+            "proj_out.weight": r.weight(hidden, dim), "proj_out.bias": r(hidden, scale=0.1), **r.norm(hidden, "norm_out"),
+            "time_embedding.linear_1.weight": r.weight(dim, timestep_dim), "time_embedding.linear_1.bias": r(dim, scale=0.1),
+            "time_embedding.linear_2.weight": r.weight(dim, dim), "time_embedding.linear_2.bias": r(dim, scale=0.1)}
+    for i in range(depth):
+        p = f"layers.{i}"
+        proj.update({**r.norm(dim, f"{p}.0.norm1"), **r.norm(dim, f"{p}.0.norm2"),
+                     f"{p}.0.to_q.weight": r.weight(heads * 64, dim), f"{p}.0.to_kv.weight": r.weight(2 * heads * 64, dim),
+                     f"{p}.0.to_out.weight": r.weight(dim, heads * 64), **r.norm(dim, f"{p}.1.0"),
+                     f"{p}.1.1.weight": r.weight(4 * dim, dim), f"{p}.1.3.weight": r.weight(dim, 4 * dim),
+                     f"{p}.2.1.weight": r.weight(4 * dim, dim, ) * 0.3, f"{p}.2.1.bias": r(4 * dim, scale=0.1)})
+    ip = {}
+    for i in range(blocks):
+        ip.update({f"{i}.norm_ip.linear.weight": r.weight(2 * hidden, dim) * 0.3, f"{i}.norm_ip.linear.bias": r(2 * hidden, scale=0.1),
+                   f"{i}.to_k_ip.weight": r.weight(hidden, hidden), f"{i}.to_v_ip.weight": r.weight(hidden, hidden),
+                   f"{i}.norm_q.weight": 1 + r(head_dim, scale=0.1), f"{i}.norm_k.weight": 1 + r(head_dim, scale=0.1),
+                   f"{i}.norm_ip_k.weight": 1 + r(head_dim, scale=0.1)})
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
 def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Fill every parameter in place: weights ~ N(0, 1/fan_in), norm scales ~ 1, biases small."""
     r = Randn(seed)
@@ -222,6 +288,26 @@ def clip_vision_state_dict(kind: str = "vit-h", seed: int = 0, num_layers: int |
     torch.manual_seed(seed)
     model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config, image_size=224, patch_size=14, hidden_act="gelu"))
     return {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
+
+
+SIGLIP_384_CONFIG = dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, num_hidden_layers=27, image_size=384,
+                         patch_size=14, hidden_act="gelu_pytorch_tanh")  # google/siglip-so400m-patch14-384's vision tower
+
+
+def siglip_vision_model(seed: int = 0, num_layers: int | None = None):
+    """A random transformers SiglipVisionModel of SigLIP so400m/14-384 (optionally fewer layers)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    config = dict(SIGLIP_384_CONFIG)
+    if num_layers is not None:
+        config["num_hidden_layers"] = num_layers
+    torch.manual_seed(seed)
+    return randomize_(SiglipVisionModel(SiglipVisionConfig(**config)), seed).eval()
+
+
+def siglip_state_dict(model, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Keys `vision_model.*` as in the released files (transformers 5 saves them without the prefix)."""
+    return {(k if k.startswith("vision_model.") else f"vision_model.{k}"): v.to(dtype).contiguous() for k, v in model.state_dict().items()}
 
 
 def comfy_clip_vision(kind: str = "vit-h", seed: int = 0, num_layers: int | None = None, tmp_dir: Path | None = None):
@@ -297,3 +383,44 @@ def meta_model(architecture: str):
     model = model_config.get_model({}, device="meta")
     cpu = torch.device("cpu")
     return reference, comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu), unet_config
+
+
+def flux_unet_config(config: dict) -> dict:
+    """ComfyUI's Flux unet_config for a diffusers FluxTransformer2DModel configuration."""
+    hidden = config["attention_head_dim"] * config["num_attention_heads"]
+    return dict(image_model="flux", in_channels=config["in_channels"] // 4, out_channels=config["in_channels"] // 4, vec_in_dim=config["pooled_projection_dim"],
+                context_in_dim=config["joint_attention_dim"], hidden_size=hidden, mlp_ratio=4.0, num_heads=config["num_attention_heads"],
+                depth=config["num_layers"], depth_single_blocks=config["num_single_layers"], axes_dim=list(config["axes_dims_rope"]),
+                theta=10000, patch_size=2, qkv_bias=True, guidance_embed=config["guidance_embeds"])
+
+
+def diffusers_dit(kind: str, seed: int = 0):
+    """A random diffusers FluxTransformer2DModel ("flux") or SD3Transformer2DModel ("sd3")."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    if kind == "flux":
+        return FluxTransformer2DModel(**DIFFUSERS_FLUX_CONFIG).eval()
+    return SD3Transformer2DModel(**DIFFUSERS_SD3_CONFIG).eval()
+
+
+def comfy_dit(kind: str, reference) -> "comfy.model_patcher.ModelPatcher":  # noqa: F821
+    """ComfyUI's model with the diffusers model's weights (converted by ComfyUI's own key map), fp32 on the CPU.
+
+    SD3 is detected from the weights as ComfyUI detects a checkpoint; Flux is built from an
+    explicit config, since detection assumes the real 24 heads.
+    """
+    import comfy.model_detection
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    state = comfy.model_detection.convert_diffusers_mmdit({k: v.clone() for k, v in reference.state_dict().items()}, "")
+    if kind == "flux":
+        model_config = comfy.supported_models.Flux(flux_unet_config(DIFFUSERS_FLUX_CONFIG))
+    else:
+        model_config = comfy.model_detection.model_config_from_unet(state, "")
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model(state, "")
+    model.diffusion_model.load_state_dict(model_config.process_unet_state_dict(state), strict=True)  # every weight, nothing left over
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
