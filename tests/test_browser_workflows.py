@@ -52,6 +52,8 @@ OUTPUTS = {
     "wide_reference": (256, 256, 1),
     "unfold_batch": (256, 256, 2),
     "face_identity": (256, 256, 1),
+    "flux_ipadapter": (256, 256, 1),
+    "sd35_ipadapter": (256, 256, 1),
 }
 SAVE_PROMPT = "save_image_prompt"  # writes an .imageprompt file, no image
 WEIGHT_WIDGETS = {"ExactApplyIPAdapter": ("weight", "composition_weight"), "ExactIPAdapter": ("weight",)}
@@ -61,9 +63,26 @@ def workflow_path(name: str) -> Path:
     return WORKFLOWS_DIR / f"{name}.json"
 
 
+# Flux's text encoder cannot be embedded small: every Flux loader builds T5-XXL from a fixed 4.7B-parameter
+# config (tools.embedded_models). Run from the page, the Flux workflow therefore loads CLIP-L alone (the
+# embedded Flux reads 768-wide text tokens); every other node runs as shipped. Loading it in the page
+# checks the file exactly as shipped.
+TEXT_ENCODER_SWAPS = {"flux_ipadapter": ("DualCLIPLoader", "CLIPLoader", ["clip_l.safetensors", "stable_diffusion", "default"])}
+
+
 def load(name: str, object_info: dict) -> dict:
     """The workflow as shipped, with image size and steps capped for a CPU (tools.workflow_api.CPU_LIMITS)."""
     return shrink_for_cpu(json.loads(workflow_path(name).read_text()), object_info)
+
+
+def runnable(name: str, object_info: dict) -> dict:
+    """What the run tests drop: the shipped workflow, with TEXT_ENCODER_SWAPS applied."""
+    workflow = load(name, object_info)
+    if name in TEXT_ENCODER_SWAPS:
+        shipped, embedded, values = TEXT_ENCODER_SWAPS[name]
+        (loader,) = [n for n in workflow["nodes"] if n["type"] == shipped]
+        loader.update(type=embedded, widgets_values=values, properties={**loader["properties"], "Node name for S&R": embedded})
+    return workflow
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +129,9 @@ def ui(comfy_page) -> ComfyPage:
     return comfy_page
 
 
-def drop(page: ComfyPage, name: str, object_info: dict) -> dict:
-    page.drop_workflow(json.dumps(load(name, object_info)), workflow_path(name).name)
+def drop(page: ComfyPage, name: str, object_info: dict, to_run: bool = False) -> dict:
+    workflow = runnable(name, object_info) if to_run else load(name, object_info)
+    page.drop_workflow(json.dumps(workflow), workflow_path(name).name)
     return page.graph_state()
 
 
@@ -184,7 +204,7 @@ def assert_described(definitions: dict, types: set[str]) -> None:
 
 @pytest.mark.parametrize("name", OUTPUTS)
 def test_workflow_runs_from_the_page(name, ui, server, object_info):
-    state = drop(ui, name, object_info)
+    state = drop(ui, name, object_info, to_run=True)
     images = run_from_page(ui, server)
     width, height, count = OUTPUTS[name]
     assert [(image.format, image.size) for image in images] == [("PNG", (width, height))] * count

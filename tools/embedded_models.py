@@ -12,7 +12,23 @@ misdetected file is never loaded.
 
 The shipped workflows also need a ControlNet and a LoRA for the tiny UNet, plus adapters (a FaceID
 plusv2 one with its in-file LoRA, and InsightFace's buffalo_l pack as tiny ONNX stand-ins written by
-tools.tiny_insightface), and an SDXL checkpoint (about 4.3 GB and 3-4 minutes for the whole folder, once). ComfyUI's SDXL detection does not look at channel_mult, so an SDXL UNet with
+tools.tiny_insightface), and an SDXL checkpoint (about 4.3 GB and 3-4 minutes for the whole folder, once).
+
+Flux.1 and SD3.5 Large (their IP-Adapter workflows). The SD3.5 file is a checkpoint as
+Comfy-Org's all-in-one sd3.5_large_fp8_scaled ships it, with a 2-block MMDiT (ComfyUI reads the
+depth from the width: 2 blocks of 128) and, of its text encoders, only CLIP-L: ComfyUI's SD3
+loader builds the encoders present and pads the rest with zeros, so the stock workflow runs
+unchanged on it. Flux cannot shrink that far: ComfyUI's detection fixes 24 heads of 128 (width
+3072), so the embedded flux1-dev has one double and one single block of the real width (about
+0.8 GB), and its text encoder cannot be embedded at all: Flux's loaders (DualCLIPLoader,
+checkpoints) always build T5-XXL from a fixed 4.7-billion-parameter config (9.5 GB in fp16).
+The embedded Flux therefore reads CLIP-L's 768-wide text tokens (its txt_in is 768 wide, which
+ComfyUI reads from the weights) and the browser test runs the Flux workflow with its
+DualCLIPLoader swapped for a CLIPLoader of clip_l.safetensors alone; everything else in
+that graph runs as shipped. The image encoders are full size, as ComfyUI's loader picks their
+fixed configs by layer count: CLIP ViT-L/14 (0.6 GB) and SigLIP so400m/14-384 (0.8 GB).
+
+ComfyUI's SDXL detection does not look at channel_mult, so an SDXL UNet with
 channel_mult [1, 1, 1] (all levels 320 wide) but SDXL's transformer depths, text width 2048 and
 ADM input 2816 loads as SDXL at a tenth of the size. Its text encoders cannot shrink (ComfyUI builds
 CLIP-L and the 32-layer CLIP-G from fixed configs), so that file is large (~2.3 GB) but built once.
@@ -46,8 +62,18 @@ IPADAPTER_PLUS_SDXL = "ipadapter/ip-adapter-plus_sdxl_vit-h.safetensors"
 IPADAPTER_FACEID = "ipadapter/ip-adapter-faceid-plusv2_sd15.bin"
 INSIGHTFACE_DETECTION = "insightface/models/buffalo_l/det_10g.onnx"
 INSIGHTFACE_RECOGNITION = "insightface/models/buffalo_l/w600k_r50.onnx"
+FLUX_UNET = "diffusion_models/flux1-dev.safetensors"
+FLUX_CLIP_L = "text_encoders/clip_l.safetensors"
+FLUX_VAE = "vae/ae.safetensors"
+CLIP_VISION_L = "clip_vision/clip-vit-large-patch14.safetensors"
+IPADAPTER_FLUX = "ipadapter/flux-ip-adapter-v2.safetensors"
+SD35_CHECKPOINT = "checkpoints/sd3.5_large_fp8_scaled.safetensors"
+SIGLIP = "clip_vision/sigclip_vision_patch14_384.safetensors"
+IPADAPTER_SD35 = "ipadapter/sd3.5-large-ip-adapter.bin"
 SEEDS = {"unet": 0, "text_encoder": 1, "vae": 2, "clip_vision": 3, "ipadapter": 4, "ipadapter_plus": 5, "controlnet": 6, "lora": 7,
-         "sdxl_unet": 8, "sdxl_clip_l": 9, "sdxl_clip_g": 10, "sdxl_vae": 11, "ipadapter_plus_sdxl": 12, "ipadapter_faceid": 13}
+         "sdxl_unet": 8, "sdxl_clip_l": 9, "sdxl_clip_g": 10, "sdxl_vae": 11, "ipadapter_plus_sdxl": 12, "ipadapter_faceid": 13, "flux": 14,
+         "flux_clip_l": 15, "flux_vae": 16, "clip_vision_l": 17, "ipadapter_flux": 18, "sd35": 19, "sd35_clip_l": 20, "sd35_vae": 21, "siglip": 22,
+         "ipadapter_sd35": 23}
 
 # CLIP ViT-L/14's text tower, the SD1.5 text encoder (openai/clip-vit-large-patch14) and SDXL's first one.
 CLIP_TEXT_CONFIG = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -67,12 +93,26 @@ SMALL_SDXL_UNET_CONFIG = dict(
 )
 
 
+# Flux.1 [dev] as ComfyUI detects it (24 heads of 128, axes 16/56/56), 1 double and 1 single block,
+# text tokens from CLIP-L (see the module docstring).
+SMALL_FLUX_UNET_CONFIG = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=768, hidden_size=3072, mlp_ratio=4.0,
+                              num_heads=24, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
+# SD3.5 Large's MMDiT as ComfyUI detects it, 2 blocks wide 128: RMS QK-norm, T5-wide context, CLIP-L+G pooled vector.
+SMALL_SD35_UNET_CONFIG = dict(in_channels=16, out_channels=16, patch_size=2, depth=2, input_size=None, adm_in_channels=2048,
+                              context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+                              num_patches=96 * 96, pos_embed_max_size=96, qk_norm="rms", pos_embed_scaling_factor=None, x_block_self_attn_layers=[])
+# The 16-channel VAE of Flux.1 and SD3.x (ldm layout, no quant convolutions).
+FLUX_VAE_CONFIG = {**SD_VAE_CONFIG, "z_channels": 16}
+
+
 def writers() -> dict[str, Callable[[Path], None]]:
     """Every embedded model file (path inside the models folder) and the function that writes it."""
     return {
         CHECKPOINT: write_checkpoint, CLIP_VISION: write_clip_vision, IPADAPTER: write_ipadapter, IPADAPTER_PLUS: write_ipadapter_plus,
         CONTROLNET: write_controlnet, LORA: write_lora, SDXL_CHECKPOINT: write_sdxl_checkpoint, IPADAPTER_PLUS_SDXL: write_ipadapter_plus_sdxl,
         IPADAPTER_FACEID: write_ipadapter_faceid, INSIGHTFACE_DETECTION: write_insightface_detection, INSIGHTFACE_RECOGNITION: write_insightface_recognition,
+        FLUX_UNET: write_flux_unet, FLUX_CLIP_L: write_flux_clip_l, FLUX_VAE: write_flux_vae, CLIP_VISION_L: write_clip_vision_l,
+        IPADAPTER_FLUX: write_ipadapter_flux, SD35_CHECKPOINT: write_sd35_checkpoint, SIGLIP: write_siglip, IPADAPTER_SD35: write_ipadapter_sd35,
     }
 
 
@@ -146,7 +186,7 @@ def vae_state_dict(seed: int) -> dict[str, torch.Tensor]:
     return random_models.randomize_(AutoencoderKL(ddconfig=SD_VAE_CONFIG, embed_dim=4), seed).state_dict()
 
 
-def verify_checkpoint(path: Path, family: str) -> None:
+def verify_checkpoint(path: Path, family: str, latent_channels: int = 4) -> None:
     """What CheckpointLoaderSimple will do with the file: the right model family, a text encoder, a working VAE."""
     import comfy.sd
 
@@ -157,7 +197,11 @@ def verify_checkpoint(path: Path, family: str) -> None:
     detected = type(model.model.model_config).__name__
     if detected != family or clip is None or vae is None:
         raise RuntimeError(f"{path.name} loads as {detected}, clip={clip}, vae={vae}; expected {family} with CLIP and VAE")
-    pixels = vae.decode(torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
+    verify_vae(path, vae, latent_channels)
+
+
+def verify_vae(path: Path, vae, latent_channels: int) -> None:
+    pixels = vae.decode(torch.randn(1, latent_channels, 8, 8, generator=torch.Generator().manual_seed(0)))
     if not (torch.isfinite(pixels).all() and 0 <= pixels.min() and pixels.max() <= 1 and pixels.std() > 0.05):
         raise RuntimeError(f"{path.name}: the VAE decodes a random latent to values outside [0, 1] or to a flat image")
 
@@ -301,3 +345,108 @@ def write_insightface_recognition(path: Path) -> None:
     from tools.tiny_insightface import recognition_model
 
     onnx.save(recognition_model(), str(path))
+
+
+def randomized_state_dict(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    return random_models.randomize_(model, seed).state_dict()
+
+
+def write_flux_unet(path: Path) -> None:
+    """flux1-dev in BFL's key layout (what ComfyUI's own Flux model holds); UNETLoader must detect it as Flux."""
+    import comfy.sd
+    import comfy.supported_models
+
+    config = comfy.supported_models.Flux(dict(SMALL_FLUX_UNET_CONFIG))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}).diffusion_model
+    save_file(half(randomized_state_dict(model, SEEDS["flux"]), ""), str(path))
+    del model
+    with LoaderWarnings() as warnings:
+        loaded = comfy.sd.load_diffusion_model(str(path))
+    if warnings.messages or type(loaded.model.model_config).__name__ != "Flux" or loaded.model.diffusion_model.params.context_in_dim != 768:
+        raise RuntimeError(f"{path.name} does not load as the small Flux.1 [dev]: {warnings.messages[:3]}")
+
+
+def write_flux_clip_l(path: Path) -> None:
+    """CLIP-L's text tower with its projection, as comfyanonymous/flux_text_encoders ships clip_l.safetensors."""
+    import comfy.sd
+
+    text = clip_l_state_dict(SEEDS["flux_clip_l"])
+    text["text_projection.weight"] = random_models.Randn(SEEDS["flux_clip_l"]).weight(768, 768)
+    save_file(half(text, ""), str(path))
+    with LoaderWarnings() as warnings:
+        clip = comfy.sd.load_clip([str(path)], clip_type=comfy.sd.CLIPType.FLUX)
+    if warnings.messages or clip is None:
+        raise RuntimeError(f"{path.name} does not load as a CLIP-L text encoder: {warnings.messages[:3]}")
+
+
+def flux_vae_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    from comfy.ldm.models.autoencoder import AutoencodingEngine
+
+    module = "comfy.ldm.modules.diffusionmodules.model"
+    vae = AutoencodingEngine(regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+                             encoder_config={"target": f"{module}.Encoder", "params": FLUX_VAE_CONFIG},
+                             decoder_config={"target": f"{module}.Decoder", "params": FLUX_VAE_CONFIG})
+    return randomized_state_dict(vae, seed)
+
+
+def write_flux_vae(path: Path) -> None:
+    """Flux's ae.safetensors: the 16-channel VAE; VAELoader must build it with 16 latent channels."""
+    import comfy.sd
+    import comfy.utils
+
+    save_file(half(flux_vae_state_dict(SEEDS["flux_vae"]), ""), str(path))
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
+    if vae.latent_channels != 16:
+        raise RuntimeError(f"{path.name} loads as a VAE with {vae.latent_channels} latent channels, not 16")
+    verify_vae(path, vae, 16)
+
+
+def write_clip_vision_l(path: Path) -> None:
+    """CLIP ViT-L/14 (openai/clip-vit-large-patch14's vision tower and projection), what XLabs' Flux adapters read."""
+    import comfy.clip_vision
+
+    save_file(random_models.clip_vision_state_dict("vit-l", seed=SEEDS["clip_vision_l"], dtype=torch.float16), str(path))
+    clip_vision = comfy.clip_vision.load(str(path))
+    if clip_vision is None or clip_vision.model.visual_projection.weight.shape != (768, 1024):
+        raise RuntimeError(f"{path.name} does not load as a ViT-L/14 CLIP vision model")
+
+
+def write_ipadapter_flux(path: Path) -> None:
+    """XLabs' flux-ip-adapter-v2 layout (16 tokens of width 4096) for the small Flux's double blocks."""
+    config = SMALL_FLUX_UNET_CONFIG
+    state = random_models.flux_adapter_state_dict(config["depth"], config["hidden_size"], 4096, tokens=16, seed=SEEDS["ipadapter_flux"], dtype=torch.float16)
+    save_file(state, str(path))
+
+
+def write_sd35_checkpoint(path: Path) -> None:
+    """sd3.5_large_fp8_scaled's layout (model.diffusion_model / text_encoders / first_stage_model) with the
+    small MMDiT and CLIP-L as its only text encoder; CheckpointLoaderSimple must load it as SD3."""
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD3(dict(SMALL_SD35_UNET_CONFIG))
+    config.set_inference_dtype(torch.float32, None)
+    save_file({
+        **half(randomized_state_dict(config.get_model({}).diffusion_model, SEEDS["sd35"]), "model.diffusion_model."),
+        **half(clip_l_state_dict(SEEDS["sd35_clip_l"]), "text_encoders.clip_l.transformer."),
+        **half(flux_vae_state_dict(SEEDS["sd35_vae"]), "first_stage_model."),
+    }, str(path))
+    verify_checkpoint(path, "SD3", latent_channels=16)
+
+
+def write_siglip(path: Path) -> None:
+    """SigLIP so400m/14-384's vision tower as Comfy-Org's sigclip_vision_384 ships it; CLIPVisionLoader must pick ComfyUI's SigLIP 384 config."""
+    import comfy.clip_vision
+
+    model = random_models.siglip_vision_model(seed=SEEDS["siglip"], device="meta")
+    save_file(random_models.siglip_state_dict(model, torch.float16, seed=SEEDS["siglip"]), str(path))
+    clip_vision = comfy.clip_vision.load(str(path))
+    if clip_vision is None or clip_vision.image_size != 384 or len(clip_vision.model.vision_model.encoder.layers) != 27:
+        raise RuntimeError(f"{path.name} does not load as a SigLIP so400m/14-384 vision model")
+
+
+def write_ipadapter_sd35(path: Path) -> None:
+    """InstantX's SD3.5-Large-IP-Adapter layout (ip-adapter.bin) for the small MMDiT's joint blocks, a narrower Resampler."""
+    config = SMALL_SD35_UNET_CONFIG
+    state = random_models.sd3_adapter_state_dict(config["depth"], 64 * config["depth"], dim=256, heads=4, seed=SEEDS["ipadapter_sd35"], dtype=torch.float16)
+    torch.save(state, str(path))

@@ -193,14 +193,15 @@ def save_adapter(state_dict: dict[str, dict[str, torch.Tensor]], path: Path, pre
 
 
 def flux_adapter_state_dict(
-    blocks: int = 19, hidden: int = 3072, width: int = 4096, clip_dim: int = 768, tokens: int = 16, seed: int = 0, dtype: torch.dtype = torch.float32
+    blocks: int = 19, hidden: int = 3072, width: int = 4096, clip_dim: int = 768, tokens: int = 16, seed: int = 0, dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """A random XLabs Flux.1 IP-Adapter, flat keys as in its released ip_adapter.safetensors.
 
     v1 has 4 tokens, v2 16; both read CLIP ViT-L/14 image_embeds (768) and make tokens of the
     T5 width (4096); every double-stream block (19, width 3072) gets a biased key/value pair.
     """
-    r = Randn(seed, dtype)
+    r = Randn(seed, dtype, device)
     state = {
         "ip_adapter_proj_model.proj.weight": r.weight(tokens * width, clip_dim),
         "ip_adapter_proj_model.proj.bias": r(tokens * width, scale=0.1),
@@ -216,7 +217,7 @@ def flux_adapter_state_dict(
 
 def sd3_adapter_state_dict(
     blocks: int = 38, hidden: int = 2432, head_dim: int = 64, dim: int = 1280, heads: int = 20, depth: int = 4, queries: int = 64,
-    clip_dim: int = 1152, timestep_dim: int = 320, seed: int = 0, dtype: torch.dtype = torch.float32,
+    clip_dim: int = 1152, timestep_dim: int = 320, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu",
 ) -> dict[str, dict[str, torch.Tensor]]:
     """A random InstantX SD3.5-Large IP-Adapter in its released nested layout (ip-adapter.bin).
 
@@ -225,7 +226,7 @@ def sd3_adapter_state_dict(
     tokens of the model's width (2432). ip_adapter: per joint block (38) an adaptive norm of the
     tokens driven by that embedding, to_k_ip/to_v_ip and RMS norms (head width 64).
     """
-    r = Randn(seed, dtype)
+    r = Randn(seed, dtype, device)
     proj = {"latents": r(1, queries, dim, scale=dim**-0.5), "proj_in.weight": r.weight(dim, clip_dim), "proj_in.bias": r(dim, scale=0.1),
             "proj_out.weight": r.weight(hidden, dim), "proj_out.bias": r(hidden, scale=0.1), **r.norm(hidden, "norm_out"),
             "time_embedding.linear_1.weight": r.weight(dim, timestep_dim), "time_embedding.linear_1.bias": r(dim, scale=0.1),
@@ -294,20 +295,45 @@ SIGLIP_384_CONFIG = dict(hidden_size=1152, intermediate_size=4304, num_attention
                          patch_size=14, hidden_act="gelu_pytorch_tanh")  # google/siglip-so400m-patch14-384's vision tower
 
 
-def siglip_vision_model(seed: int = 0, num_layers: int | None = None):
-    """A random transformers SiglipVisionModel of SigLIP so400m/14-384 (optionally fewer layers)."""
+def siglip_vision_model(seed: int = 0, num_layers: int | None = None, device: str = "cpu"):
+    """A random transformers SiglipVisionModel of SigLIP so400m/14-384 (optionally fewer layers).
+
+    device="meta" gives the structure only, for random_state_dict (no 400M-parameter init).
+    """
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     config = dict(SIGLIP_384_CONFIG)
     if num_layers is not None:
         config["num_hidden_layers"] = num_layers
     torch.manual_seed(seed)
-    return randomize_(SiglipVisionModel(SiglipVisionConfig(**config)), seed).eval()
+    with torch.device(device):
+        model = SiglipVisionModel(SiglipVisionConfig(**config))
+    return model.eval() if device == "meta" else randomize_(model, seed).eval()
 
 
-def siglip_state_dict(model, dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """Keys `vision_model.*` as in the released files (transformers 5 saves them without the prefix)."""
-    return {(k if k.startswith("vision_model.") else f"vision_model.{k}"): v.to(dtype).contiguous() for k, v in model.state_dict().items()}
+def siglip_state_dict(model, dtype=torch.float32, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Keys `vision_model.*` as in the released files (transformers 5 saves them without the prefix).
+
+    A model on the meta device gets random_state_dict's values for `seed`.
+    """
+    state = random_state_dict(model, seed) if next(model.parameters()).is_meta else model.state_dict()
+    return {(k if k.startswith("vision_model.") else f"vision_model.{k}"): v.to(dtype).contiguous() for k, v in state.items()}
+
+
+def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """randomize_'s values for a module built on the meta device, without materialising the module."""
+    r = Randn(seed)
+    names = set(module.state_dict())
+    state = {}
+    for name, parameter in module.named_parameters():
+        shape = parameter.shape
+        if parameter.ndim >= 2:
+            state[name] = r(*shape, scale=1 / math.sqrt(math.prod(shape[1:])))
+        else:
+            state[name] = 1 + r(*shape, scale=0.1) if name.endswith("weight") else r(*shape, scale=0.02)
+    if names != set(state):
+        raise ValueError(f"{type(module).__name__} has persistent buffers random_state_dict cannot make: {sorted(names - set(state))[:5]}")
+    return state
 
 
 def comfy_clip_vision(kind: str = "vit-h", seed: int = 0, num_layers: int | None = None, tmp_dir: Path | None = None):

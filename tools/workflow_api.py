@@ -189,7 +189,7 @@ def is_link(value: Any) -> bool:
 
 # Shipped workflows carry the sizes and step counts real checkpoints want; on a CPU with the
 # embedded models, tests and the demo run the same graphs smaller and shorter.
-CPU_LIMITS = {"EmptyLatentImage": {"width": 256, "height": 256}, "KSampler": {"steps": 4}}
+CPU_LIMITS = {"EmptyLatentImage": {"width": 256, "height": 256}, "EmptySD3LatentImage": {"width": 256, "height": 256}, "KSampler": {"steps": 4}}
 
 
 def shrink_for_cpu(ui_workflow: dict, object_info: dict, limits: dict = CPU_LIMITS) -> dict:
