@@ -17,7 +17,7 @@ from .socket_types import ImagePromptSocket, IPAdapterSocket
 
 
 def clip_vision_input() -> io.Input:
-    return io.ClipVision.Input("clip_vision", tooltip="From Load CLIP Vision: the encoder the adapter was trained with (ViT-H/14 for most).")
+    return io.ClipVision.Input("clip_vision", tooltip="From Load CLIP Vision: the encoder the adapter was trained with (ViT-H/14 for most, ViT-L/14 for Flux, SigLIP so400m/14-384 for SD3.5).")
 
 
 def image_input() -> io.Input:
@@ -86,7 +86,7 @@ class EncodeImagePrompt(io.ComfyNode):
                 IPAdapterSocket.Input("ipadapter", tooltip="From Load IP-Adapter; the same one must go to Apply IP-Adapter."),
                 clip_vision_input(),
                 image_input(),
-                io.Image.Input("negative_image", optional=True, tooltip="Replaces the neutral unconditional image tokens (one image, or one per reference)."),
+                io.Image.Input("negative_image", optional=True, tooltip="Replaces the neutral unconditional image tokens (one image, or one per reference). Flux only uses them with cfg > 1."),
                 io.Combo.Input(
                     "combine", options=list(COMBINE_METHODS), default="concat", optional=True,
                     tooltip="How several references become one prompt: concat keeps all their tokens; the others merge the CLIP embeddings first.",
@@ -94,7 +94,7 @@ class EncodeImagePrompt(io.ComfyNode):
                 io.String.Input("image_weights", default="", optional=True, tooltip="One weight per reference image, e.g. '1, 0.5' (empty: all 1)."),
                 io.Combo.Input(
                     "crop", options=list(CROP_MODES), default="center", optional=True,
-                    tooltip="center: square centre crop (the reference). squash: resize the whole image. tiles: square tiles covering wide or tall images.",
+                    tooltip="center: square centre crop (the reference for CLIP encoders). squash: resize the whole image (SD3.5's SigLIP reference does this). tiles: square tiles covering wide or tall images.",
                 ),
                 io.Int.Input(
                     "encode_batch_size", default=0, min=0, max=4096, optional=True,

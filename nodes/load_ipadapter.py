@@ -57,7 +57,7 @@ class LoadIPAdapter(io.ComfyNode):
             node_id="ExactLoadIPAdapter",
             display_name="Load IP-Adapter",
             category=CATEGORY,
-            description="Loads an IP-Adapter file. The variant (base, plus, full-face, FaceID; SD1.5 or SDXL) is read from the weights.",
+            description="Loads an IP-Adapter file. The variant (base, plus, full-face, FaceID; SD1.5 or SDXL; XLabs' Flux.1, InstantX's SD3.5 Large) is read from the weights.",
             inputs=[ipadapter_file_input()],
             outputs=[ipadapter_output()],
         )

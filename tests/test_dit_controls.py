@@ -123,6 +123,20 @@ def test_unfold_gives_latent_i_reference_i(comfy, models, adapter_folder, kind):
 
 
 @pytest.mark.parametrize("kind", [FLUX, SD3])
+def test_weight_schedule_per_latent(comfy, models, adapter_folder, kind):
+    """A schedule of (1, 0): the first latent gets the branch, the second is exactly the bare model's."""
+    model, adapter = models[kind], load(kind)
+    prompt = random_prompt(adapter)
+    scheduled = evaluate(comfy, kind, apply(model, adapter, prompt, weight_schedule=(1.0, 0.0)), batch=2)
+    full = evaluate(comfy, kind, apply(model, adapter, prompt), batch=2)
+    bare = evaluate(comfy, kind, model, batch=2)
+    for row in (0, 2):  # cond and uncond of latent 0
+        assert torch.allclose(scheduled[row], full[row], rtol=1e-4, atol=1e-5)
+    for row in (1, 3):  # latent 1
+        assert torch.equal(scheduled[row], bare[row])
+
+
+@pytest.mark.parametrize("kind", [FLUX, SD3])
 def test_masks_at_the_token_grid(comfy, models, adapter_folder, kind):
     model, adapter = models[kind], load(kind)
     prompt = random_prompt(adapter)

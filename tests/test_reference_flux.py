@@ -88,16 +88,17 @@ def flux_conditioning(seed: int):
     return [[context, {"pooled_output": pooled, "guidance": GUIDANCE}]]
 
 
-@pytest.mark.parametrize("tokens", [4, 16])
-def test_matches_diffusers(comfy, pack, flux, adapter_folder, tokens):
+@pytest.mark.parametrize("tokens, images", [(4, 1), (16, 1), (16, 2)])
+def test_matches_diffusers(comfy, pack, flux, adapter_folder, tokens, images):
+    """images=2: two references in one prompt, their tokens side by side (diffusers' num_images axis)."""
     from comfyui_ipadapter.ipadapter_core.image_prompt import ImagePrompt
 
     reference, model = flux
     name = write_adapter(adapter_folder, tokens, seed=20 + tokens)
     (adapter,) = node("ExactLoadIPAdapter").load(name)
     assert adapter.model.spec.num_tokens == tokens and adapter.model.spec.family == "Flux.1"
-    generator = torch.Generator().manual_seed(tokens)
-    cond_features, uncond_features = torch.randn(1, 768, generator=generator), torch.randn(1, 768, generator=generator)
+    generator = torch.Generator().manual_seed(tokens + images)
+    cond_features, uncond_features = torch.randn(images, 768, generator=generator), torch.randn(images, 768, generator=generator)
     prompt = ImagePrompt(adapter.model.project(cond_features), adapter.model.project(uncond_features), adapter.model.identity, "")
     (patched,) = node("ExactApplyIPAdapter").apply(model, adapter, prompt, 1.0, 0.0, 1.0)
 
