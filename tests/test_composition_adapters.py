@@ -46,16 +46,16 @@ def test_detected_and_patched_on_every_layer_of_the_real_unet(pack, name):
     assert {key[:2] for key in attn2_patches(composition)} == {("input", 8)}  # InstantStyle's composition block, on either UNet
 
 
-def test_moves_the_prediction_of_a_real_model(comfy, tiny_model, tiny_layer_dims, small_clip_vision, tmp_path):
-    """The same layout at the tiny SD1.5 UNet's layers, through Load / Encode / Apply."""
+def test_moves_the_prediction_of_a_real_model(comfy, tiny_model, tiny_layer_dims, tmp_path):
+    """The same layout at the tiny SD1.5 UNet's layers, from a file through Load and Apply."""
     import folder_paths
+    from comfyui_ipadapter.ipadapter_core.image_prompt import ImagePrompt
 
     folder_paths.add_model_folder_path("ipadapter", str(tmp_path))
     save_adapter(adapter_state_dict("plus", tiny_layer_dims, seed=62), tmp_path / "ip_plus_composition_tiny.safetensors")
     (adapter,) = node("ExactLoadIPAdapter").load("ip_plus_composition_tiny.safetensors")
-    image = torch.rand(1, 96, 128, 3, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        (prompt,) = node("ExactEncodeImagePrompt").encode(adapter, small_clip_vision, image)
+    hidden = torch.randn(2, 257, 1280, generator=torch.Generator().manual_seed(0))  # ViT-H hidden states
+    prompt = ImagePrompt(adapter.model.project(hidden[:1]), adapter.model.project(hidden[1:]), adapter.model.identity, "")
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     bare = predict_noise(comfy, tiny_model, noise, 4.0, conditioning(1), conditioning(2))[1]
     for weight, moved in ((1.0, True), (0.0, False)):

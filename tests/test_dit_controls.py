@@ -24,7 +24,7 @@ LATENT = (16, 8, 12)
 
 @pytest.fixture(scope="module")
 def models(comfy):
-    return {kind: random_models.comfy_dit(kind, random_models.diffusers_dit(kind, seed=1)) for kind in (FLUX, SD3)}
+    return {kind: random_models.random_comfy_dit(kind, seed=1) for kind in (FLUX, SD3)}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,6 @@ def adapter_folder(pack, tmp_path_factory):
     for seed in (1, 2):
         save_file(random_models.flux_adapter_state_dict(flux["num_layers"], flux_hidden, flux["joint_attention_dim"], tokens=4, seed=seed), str(folder / f"flux_{seed}.safetensors"))
         torch.save(random_models.sd3_adapter_state_dict(sd3["num_layers"], sd3["attention_head_dim"] * sd3["num_attention_heads"], dim=128, heads=2, seed=seed), folder / f"sd3_{seed}.bin")
-    save_file(random_models.flux_adapter_state_dict(19, 3072, 4096, tokens=4, seed=3, dtype=torch.float16), str(folder / "flux_full_size.safetensors"))
     return folder
 
 
@@ -230,11 +229,21 @@ def test_wrong_family_and_wrong_file_errors(comfy, models, tiny_model, adapter_f
         apply(models[FLUX], sd3, random_prompt(sd3))
     with pytest.raises(IPAdapterError, match="model is SD1.5 but this is an Flux.1 IP-Adapter.*made for SD1.5"):
         apply(tiny_model, flux, random_prompt(flux))
-    full_size = node("ExactLoadIPAdapter").load("flux_full_size.safetensors")[0]
+    full_size = full_size_flux_adapter()
     with pytest.raises(IPAdapterError, match="19 blocks of width 3072, but the model is Flux \\(2 blocks of width 64\\)"):
         apply(models[FLUX], full_size, random_prompt(full_size))
     with pytest.raises(IPAdapterError, match="encoded by a different IP-Adapter"):
         apply(models[FLUX], flux, random_prompt(load(FLUX, 2)))
+
+
+def full_size_flux_adapter():
+    """XLabs' real Flux adapter, shapes only (meta device): 0.5 billion parameters need not be drawn to be refused."""
+    from comfyui_ipadapter.ipadapter_core.adapter import IPAdapterModel
+    from comfyui_ipadapter.ipadapter_core.checkpoint import split_adapter_weights
+    from comfyui_ipadapter.nodes.load_ipadapter import LoadedIPAdapter
+
+    model = IPAdapterModel.from_weights(split_adapter_weights(random_models.flux_adapter_state_dict(device="meta")), identity="flux-ip-adapter-v2")
+    return LoadedIPAdapter(model=model, patcher=None, name="flux-ip-adapter-v2.safetensors")
 
 
 def test_damaged_dit_files(adapter_folder, tmp_path):

@@ -430,7 +430,33 @@ def diffusers_dit(kind: str, seed: int = 0):
     return SD3Transformer2DModel(**DIFFUSERS_SD3_CONFIG).eval()
 
 
-def comfy_dit(kind: str, reference) -> "comfy.model_patcher.ModelPatcher":  # noqa: F821
+def sd3_unet_config(config: dict) -> dict:
+    """ComfyUI's MMDiT unet_config, as its detection reads it from a diffusers SD3Transformer2DModel's weights."""
+    hidden = config["attention_head_dim"] * config["num_attention_heads"]
+    return dict(in_channels=config["in_channels"], out_channels=config["out_channels"], patch_size=config["patch_size"], depth=hidden // 64, input_size=None,
+                adm_in_channels=config["pooled_projection_dim"], num_patches=config["pos_embed_max_size"] ** 2, pos_embed_max_size=config["pos_embed_max_size"],
+                context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": config["joint_attention_dim"], "out_features": config["caption_projection_dim"]}},
+                qk_norm="rms", pos_embed_scaling_factor=None, x_block_self_attn_layers=[])
+
+
+def random_comfy_dit(kind: str, seed: int = 0):
+    """ComfyUI's own model of DIFFUSERS_FLUX_CONFIG / DIFFUSERS_SD3_CONFIG with random weights, fp32 on
+    the CPU: for tests that need no diffusers reference."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    if kind == "flux":
+        model_config = comfy.supported_models.Flux(flux_unet_config(DIFFUSERS_FLUX_CONFIG))
+    else:
+        model_config = comfy.supported_models.SD3(sd3_unet_config(DIFFUSERS_SD3_CONFIG))
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    randomize_(model.diffusion_model, seed)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def comfy_dit(kind: str, reference):
     """ComfyUI's model with the diffusers model's weights (converted by ComfyUI's own key map), fp32 on the CPU.
 
     SD3 is detected from the weights as ComfyUI detects a checkpoint; Flux is built from an
