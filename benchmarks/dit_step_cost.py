@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.step_cost import machine
 from tools import random_models
-from tools.comfy_host import import_comfy, import_pack
+from tools.comfy_host import NodeRunner, import_comfy, import_pack, pack_nodes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T5_TOKENS = 512  # Flux [dev] and SD3.5 pad T5 text to 256 / 77+256; 512 is the long-prompt case
@@ -94,10 +94,9 @@ def make_adapters(kind: str, config: dict, count: int, device: str):
 
 
 def apply(model, adapters):
-    from comfyui_ipadapter.nodes import NODE_CLASS_MAPPINGS
-
+    run = NodeRunner(pack_nodes()["ExactApplyIPAdapter"])
     for adapter, prompt in adapters:
-        model = NODE_CLASS_MAPPINGS["ExactApplyIPAdapter"]().apply(model, adapter, prompt, 1.0, 0.0, 1.0)[0]
+        model = run(model, adapter, prompt, 1.0, 0.0, 1.0)[0]
     return model
 
 

@@ -40,9 +40,9 @@ def test_detected_and_patched_on_every_layer_of_the_real_unet(pack, name):
     _, unet, _ = meta_model(architecture)
     adapter = LoadedIPAdapter(model=model, patcher=unet.clone(), name=name)  # the patcher only carries the weights to the device
     prompt = ImagePrompt(torch.zeros(1, 16, width), torch.zeros(1, 16, width), model.identity, name)
-    (patched,) = node("ExactApplyIPAdapter").apply(unet, adapter, prompt, 1.0, 0.0, 1.0)
+    (patched,) = node("ExactApplyIPAdapter")(unet, adapter, prompt, 1.0, 0.0, 1.0)
     assert len(attn2_patches(patched)) == len(layer_dims)
-    (composition,) = node("ExactApplyIPAdapter").apply(unet, adapter, prompt, 1.0, 0.0, 1.0, weight_type="composition")
+    (composition,) = node("ExactApplyIPAdapter")(unet, adapter, prompt, 1.0, 0.0, 1.0, weight_type="composition")
     assert {key[:2] for key in attn2_patches(composition)} == {("input", 8)}  # InstantStyle's composition block, on either UNet
 
 
@@ -53,12 +53,12 @@ def test_moves_the_prediction_of_a_real_model(comfy, tiny_model, tiny_layer_dims
 
     folder_paths.add_model_folder_path("ipadapter", str(tmp_path))
     save_adapter(adapter_state_dict("plus", tiny_layer_dims, seed=62), tmp_path / "ip_plus_composition_tiny.safetensors")
-    (adapter,) = node("ExactLoadIPAdapter").load("ip_plus_composition_tiny.safetensors")
+    (adapter,) = node("ExactLoadIPAdapter")("ip_plus_composition_tiny.safetensors")
     hidden = torch.randn(2, 257, 1280, generator=torch.Generator().manual_seed(0))  # ViT-H hidden states
     prompt = ImagePrompt(adapter.model.project(hidden[:1]), adapter.model.project(hidden[1:]), adapter.model.identity, "")
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     bare = predict_noise(comfy, tiny_model, noise, 4.0, conditioning(1), conditioning(2))[1]
     for weight, moved in ((1.0, True), (0.0, False)):
-        (patched,) = node("ExactApplyIPAdapter").apply(tiny_model, adapter, prompt, weight, 0.0, 1.0)
+        (patched,) = node("ExactApplyIPAdapter")(tiny_model, adapter, prompt, weight, 0.0, 1.0)
         cond = predict_noise(comfy, patched, noise, 4.0, conditioning(1), conditioning(2))[1]
         assert (relative_error(cond, bare) > 1e-2) if moved else torch.equal(cond, bare)

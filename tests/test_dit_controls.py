@@ -43,7 +43,7 @@ def adapter_folder(pack, tmp_path_factory):
 
 
 def load(kind: str, seed: int = 1):
-    return node("ExactLoadIPAdapter").load(f"{kind}_{seed}.{'safetensors' if kind == FLUX else 'bin'}")[0]
+    return node("ExactLoadIPAdapter")(f"{kind}_{seed}.{'safetensors' if kind == FLUX else 'bin'}")[0]
 
 
 def random_prompt(adapter, references: int = 1, seed: int = 0):
@@ -60,7 +60,7 @@ def random_prompt(adapter, references: int = 1, seed: int = 0):
 
 
 def apply(model, adapter, prompt, weight=1.0, start_at=0.0, end_at=1.0, **options):
-    return node("ExactApplyIPAdapter").apply(model, adapter, prompt, weight, start_at, end_at, **options)[0]
+    return node("ExactApplyIPAdapter")(model, adapter, prompt, weight, start_at, end_at, **options)[0]
 
 
 def conditioning(kind: str, seed: int):
@@ -389,7 +389,7 @@ def test_encoding_follows_each_reference_pipeline(adapter_folder, encoders):
     image = torch.rand(1, 300, 200, 3, generator=torch.Generator().manual_seed(1))
     flux = load(FLUX)
     with torch.inference_mode():
-        prompt = node("ExactEncodeImagePrompt").encode(flux, encoders["vit-l"], image)[0]
+        prompt = node("ExactEncodeImagePrompt")(flux, encoders["vit-l"], image)[0]
         encode = comfy_encoder(encoders["vit-l"], flux.model.spec)
         assert torch.allclose(prompt.cond, flux.model.project(encode(clip_pixels(image))), atol=1e-6)
         black = flux.model.project(encode(clip_pixels(torch.zeros(1, 224, 224, 3))))
@@ -398,12 +398,12 @@ def test_encoding_follows_each_reference_pipeline(adapter_folder, encoders):
 
         sd3 = load(SD3)
         siglip = encoders["siglip"]
-        prompt = node("ExactEncodeImagePrompt").encode(sd3, siglip, image)[0]
+        prompt = node("ExactEncodeImagePrompt")(sd3, siglip, image)[0]
         pixels = clip_pixels(image, 384, tuple(siglip.image_mean), tuple(siglip.image_std))
         hidden = siglip.model(pixel_values=pixels, intermediate_output=-2)[1]
         assert prompt.cond.shape == (1, 729, 1152) and torch.allclose(prompt.cond, hidden, atol=1e-6)
         assert torch.equal(prompt.uncond, torch.zeros_like(prompt.cond))
-        negative = node("ExactEncodeImagePrompt").encode(sd3, siglip, image, negative_image=torch.ones(1, 64, 64, 3))[0]
+        negative = node("ExactEncodeImagePrompt")(sd3, siglip, image, negative_image=torch.ones(1, 64, 64, 3))[0]
         assert not torch.equal(negative.uncond, prompt.uncond)
 
 
@@ -412,11 +412,11 @@ def test_wrong_encoder_names_the_right_one(adapter_folder, encoders):
 
     image = torch.rand(1, 64, 64, 3)
     with pytest.raises(IPAdapterError, match="Flux.1 IP-Adapter.*needs CLIP ViT-L/14.*CLIP ViT-H/14 gives width 1024.*clip-vit-large-patch14"):
-        node("ExactEncodeImagePrompt").encode(load(FLUX), encoders["vit-h"], image)
+        node("ExactEncodeImagePrompt")(load(FLUX), encoders["vit-h"], image)
     with pytest.raises(IPAdapterError, match="needs CLIP ViT-L/14.*but SigLIP so400m/14-384 gives width 0"):
-        node("ExactEncodeImagePrompt").encode(load(FLUX), encoders["siglip"], image)
+        node("ExactEncodeImagePrompt")(load(FLUX), encoders["siglip"], image)
     with pytest.raises(IPAdapterError, match="SD3.5 Large IP-Adapter.*needs SigLIP so400m/14-384.*sigclip_vision_patch14_384"):
-        node("ExactEncodeImagePrompt").encode(load(SD3), encoders["vit-l"], image)
+        node("ExactEncodeImagePrompt")(load(SD3), encoders["vit-l"], image)
 
 
 def test_encoder_file_found_by_weights(adapter_folder, tmp_path):

@@ -102,12 +102,12 @@ def test_flux_matches_diffusers(comfy, pack, flux, adapter_folder, tokens, image
 
     reference, model = flux
     name = write_adapter(adapter_folder, tokens, seed=20 + tokens)
-    (adapter,) = node("ExactLoadIPAdapter").load(name)
+    (adapter,) = node("ExactLoadIPAdapter")(name)
     assert adapter.model.spec.num_tokens == tokens and adapter.model.spec.family == "Flux.1"
     generator = torch.Generator().manual_seed(tokens + images)
     cond_features, uncond_features = torch.randn(images, 768, generator=generator), torch.randn(images, 768, generator=generator)
     prompt = ImagePrompt(adapter.model.project(cond_features), adapter.model.project(uncond_features), adapter.model.identity, "")
-    (patched,) = node("ExactApplyIPAdapter").apply(model, adapter, prompt, 1.0, 0.0, 1.0)
+    (patched,) = node("ExactApplyIPAdapter")(model, adapter, prompt, 1.0, 0.0, 1.0)
 
     positive, negative = flux_conditioning(1), flux_conditioning(2)
     noise = torch.randn(*LATENT, generator=torch.Generator().manual_seed(3))
@@ -175,13 +175,13 @@ def test_sd3_matches_diffusers(comfy, pack, sd3, adapter_file, sigma):
 
     reference, model = sd3
     folder, name = adapter_file
-    (adapter,) = node("ExactLoadIPAdapter").load(name)
+    (adapter,) = node("ExactLoadIPAdapter")(name)
     spec = adapter.model.spec
     assert (spec.family, spec.num_tokens, spec.encoder_width) == ("SD3.5 Large", 64, 1152)
     generator = torch.Generator().manual_seed(5)
     features = torch.randn(2, SIGLIP_TOKENS, 1152, generator=generator)  # SigLIP hidden states for the cond and uncond halves
     prompt = ImagePrompt(features[:1], features[1:], adapter.model.identity, "")
-    (patched,) = node("ExactApplyIPAdapter").apply(model, adapter, prompt, 1.0, 0.0, 1.0)
+    (patched,) = node("ExactApplyIPAdapter")(model, adapter, prompt, 1.0, 0.0, 1.0)
 
     positive, negative = sd3_conditioning(1), sd3_conditioning(2)
     noise = torch.randn(*LATENT, generator=torch.Generator().manual_seed(3))
@@ -201,9 +201,9 @@ def test_projection_runs_once_per_step_not_per_block(comfy, pack, sd3, adapter_f
     from comfyui_ipadapter.ipadapter_core.image_prompt import ImagePrompt
 
     _, model = sd3
-    (adapter,) = node("ExactLoadIPAdapter").load(adapter_file[1])
+    (adapter,) = node("ExactLoadIPAdapter")(adapter_file[1])
     features = torch.randn(2, 20, 1152, generator=torch.Generator().manual_seed(6))
-    (patched,) = node("ExactApplyIPAdapter").apply(model, adapter, ImagePrompt(features[:1], features[1:], adapter.model.identity, ""), 1.0, 0.0, 1.0)
+    (patched,) = node("ExactApplyIPAdapter")(model, adapter, ImagePrompt(features[:1], features[1:], adapter.model.identity, ""), 1.0, 0.0, 1.0)
     calls = []
     original = IPAdapterModel.project_at
     monkeypatch.setattr(IPAdapterModel, "project_at", lambda self, *args: calls.append(args[1].clone()) or original(self, *args))
