@@ -62,8 +62,9 @@ class ApplyIPAdapter(io.ComfyNode):
             display_name="Apply IP-Adapter",
             category=CATEGORY,
             description=(
-                "Adds the image prompt to the model's cross-attention layers (decoupled cross-attention). "
-                "Chain several to combine adapters; ControlNet and LoRA nodes compose with it."
+                "Adds the image prompt to the model's cross-attention layers (decoupled cross-attention), or to the "
+                "double/joint blocks of Flux.1 and SD3.5 Large. Chain several to combine adapters; ControlNet and LoRA "
+                "nodes compose with it."
             ),
             inputs=[
                 model_input(),
