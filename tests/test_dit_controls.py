@@ -439,3 +439,13 @@ def test_encoder_file_found_by_weights(adapter_folder, tmp_path):
 
     with pytest.raises(IPAdapterError, match="Download sigclip_vision_patch14_384.safetensors.*another resolution"):
         find_encoder(load(SD3).model.spec, [siglip_512])
+
+
+@pytest.mark.parametrize("kind, encoder", [(FLUX, "vit-l"), (SD3, "siglip")])
+def test_one_node_equals_encode_plus_apply(comfy, models, adapter_folder, encoders, kind, encoder):
+    model, adapter = models[kind], load(kind)
+    image = torch.rand(1, 80, 96, 3, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        (one,) = node("ExactIPAdapter")(model, adapter, encoders[encoder], image, 0.8, "linear", 0.0, 1.0)
+        (prompt,) = node("ExactEncodeImagePrompt")(adapter, encoders[encoder], image)
+    assert torch.equal(evaluate(comfy, kind, one), evaluate(comfy, kind, apply(model, adapter, prompt, weight=0.8)))
