@@ -3,8 +3,8 @@
 Runs real ComfyUI sampling (comfy.sample.sample, euler, CFG batch 2) on random weights of the
 real architectures, interleaving configurations across repeats so drift hits all alike:
 bare model; 1, 2 and 4 adapters (four different adapters, four image branches per layer);
-one adapter through the general attention kernel instead of the fused path; one adapter
-through a naive patch that recomputes keys/values in every call (the usual first attempt).
+one adapter through a naive patch that recomputes keys/values in every call (the usual first
+attempt).
 Per-step time is the median interval between sampler callbacks (device synchronised),
 first step excluded; the table gives the median over repeats and, for noisy shared CPUs, the
 minimum. Also measured: adapter load time from a warm disk and image encoding.
@@ -109,8 +109,7 @@ def held_bytes(model) -> int:
     for patch in model.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {}).values():
         if isinstance(patch, ImagePromptAttention):
             for image_kv in patch.cache.values():
-                tensors = [image_kv.key_blocks, image_kv.value_blocks] if image_kv.fused else image_kv.keys + image_kv.values
-                total += sum(t.numel() * t.element_size() for t in tensors)
+                total += sum(t.numel() * t.element_size() for t in (image_kv.keys, image_kv.values))
     return total
 
 
@@ -211,30 +210,24 @@ def main() -> None:
 
     comfy = import_comfy(force_fp32=args.dtype == "fp32", cpu=args.device == "cpu")
     import_pack()
-    from comfyui_ipadapter.ipadapter_core import attention
 
     device = torch.device(args.device)
     model = build_model(args.model, DTYPES[args.dtype])
     counts = [int(c) for c in args.adapters.split(",") if c]
     with tempfile.TemporaryDirectory() as tmp:
         adapters, layers = make_adapters(None, model, max(counts + [1]), Path(tmp))
-        configs = {"bare": (model, None)}
-        configs.update({f"{n} adapter{'s' if n > 1 else ''}": (apply_adapters(model, adapters[:n]), None) for n in counts})
-        configs["1 adapter, general kernel"] = (configs.get("1 adapter", (apply_adapters(model, adapters[:1]),))[0], 0)
-        configs["1 adapter, naive patch"] = (naive_patch(model, *adapters[0], layers), None)
+        configs = {"bare": model}
+        configs.update({f"{n} adapter{'s' if n > 1 else ''}": apply_adapters(model, adapters[:n]) for n in counts})
+        configs["1 adapter, naive patch"] = naive_patch(model, *adapters[0], layers)
         samples = {name: [] for name in configs}
         peaks, held, branch = {}, {}, {name: [] for name in configs}
-        fused_limit = attention.FUSED_COLUMN_LIMIT
         time_steps(comfy, model, args.model, args.latent, 3, device)  # warm-up: loads, kernel selection
         names = list(configs)
         for repeat in range(args.repeats):
             for name in names[repeat % len(names):] + names[: repeat % len(names)]:  # rotate: no config always first
-                patched, limit = configs[name]
-                attention.FUSED_COLUMN_LIMIT = fused_limit if limit is None else limit
-                seconds, peaks[name], held[name], branch_seconds = time_steps(comfy, patched, args.model, args.latent, args.steps, device)
+                seconds, peaks[name], held[name], branch_seconds = time_steps(comfy, configs[name], args.model, args.latent, args.steps, device)
                 samples[name].append(seconds)
                 branch[name].append(branch_seconds)
-        attention.FUSED_COLUMN_LIMIT = fused_limit
     bare, bare_min = statistics.median(samples["bare"]), min(samples["bare"])
     rows = []
     for name, values in samples.items():

@@ -130,19 +130,21 @@ class ImageBranch:
                 f"attn_mask has {self.mask.shape[0]} masks for a batch of {latents} latents; give one mask, or one per latent."
             )
 
-    def gate(self, sigmas: torch.Tensor) -> torch.Tensor:
+    def gate(self, sigmas: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Per sample: 1 where this step's sigma lies in the active range, else 0; no host sync.
 
-        Cached per sigmas tensor: ComfyUI passes the same tensor to every layer of one step,
-        so the comparison runs once per step, not once per layer.
+        Cached per sigmas tensor and dtype: ComfyUI passes the same tensor to every layer of one
+        step, so the comparison (and the cast to the model's dtype) runs once per step, not once
+        per layer.
         """
-        if self.gate_cache[0] is not sigmas:
+        cached = self.gate_cache[0]
+        if cached is None or cached[0] is not sigmas or cached[1] != dtype:
             if self.sigma_range is None:
-                gate = torch.ones_like(sigmas, dtype=torch.float32)
+                gate = torch.ones_like(sigmas, dtype=dtype)
             else:
                 start, end = self.sigma_range
-                gate = ((sigmas <= start) & (sigmas >= end)).float()
-            self.gate_cache[:] = [sigmas, gate]
+                gate = ((sigmas <= start) & (sigmas >= end)).to(dtype)
+            self.gate_cache[:] = [(sigmas, dtype), gate]
         return self.gate_cache[1]
 
     @property

@@ -52,7 +52,6 @@ class ImagePromptAttention:
         extra_options: ComfyUI's transformer options with cond_or_uncond, sigmas and, with masks,
         original_shape (the latent's).
         """
-        attention = host_attention(extra_options)
         kinds = tuple(extra_options.get("cond_or_uncond") or (0,))
         chunk = q.shape[0] // len(kinds)
         key = (q.device, q.dtype, kinds, chunk)
@@ -62,9 +61,9 @@ class ImagePromptAttention:
         scale = None
         if self.gated:  # one row per key/value row: the first sample of each group it serves
             step = q.shape[0] // image_kv.rows
-            scale = torch.stack([branch.gate(extra_options["sigmas"])[::step] for branch in self.branches], dim=1)
+            scale = torch.stack([branch.gate(extra_options["sigmas"], q.dtype)[::step] for branch in self.branches], dim=1)
         masks = self.masks(q, kinds, chunk, extra_options) if self.masked else None
-        return image_kv.add_to(out, q, attention=attention, value_scale=scale, masks=masks)
+        return image_kv.add_to(out, q, value_scale=scale, masks=masks)
 
     def build(self, kinds, chunk, device, dtype) -> ImageKeysValues:
         """Keys/values per pass (cond/uncond), or per latent when some input differs across latents."""
