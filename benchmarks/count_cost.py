@@ -4,7 +4,8 @@ Wall-clock time on a shared CPU cannot resolve the image branch, and GPUs are ra
 counts are deterministic and predict GPU cost: FLOPs (torch's FlopCounterMode) and dispatched
 non-view operators (roughly one kernel launch each, which is what a branch of 4-16 tokens costs
 on a GPU). Both need only shapes, so the full-size UNets run on fake tensors: no arithmetic and
-almost no memory (SDXL at 1024x1024 counts in a minute or two on a 2-core CPU).
+about 1 GB of memory (on a loaded 2-core CPU, about a minute per configuration for SD1.5 at
+512x512 and two to five for SDXL at 1024x1024).
 
 One whole CFG step through ComfyUI's real sampler (comfy.sample.sample, euler, 2 steps; the
 second step is counted, after the first has built the per-run caches). Every diffusion-model
