@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, bmm_flop, register_flop_formula, sdpa_flop_count
 
 from tools import random_models
 from tools.comfy_host import NodeRunner, comfyui_path, import_comfy, import_pack, pack_nodes
@@ -78,9 +78,26 @@ def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_s
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+@register_flop_formula(torch.ops.aten.baddbmm_)
+def _in_place_baddbmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """torch registers baddbmm only; its in-place form does the same product."""
+    return bmm_flop(a_shape, b_shape)
+
+
+def launches(func, args, kwargs) -> int:
+    """Kernels one dispatched operator launches. Out-of-place baddbmm with beta != 0 launches two:
+    ATen's baddbmm first copies its input into the new output (in the operator's meta function,
+    below this counter), then the batched GEMM accumulates onto it. In place (baddbmm_) the input
+    is the output and there is no copy; addmm's bias vector is fused into the GEMM on a GPU."""
+    if func is torch.ops.aten.baddbmm.default and kwargs.get("beta", 1) != 0:  # beta is keyword-only
+        return 2
+    return 1
+
+
 class OperatorCounter(TorchDispatchMode):
     """Counts the aten kernels an eager run would launch: composite operators are decomposed
-    first (counting what they run), views and metadata queries are not counted."""
+    first (counting what they run), views and metadata queries are not counted, and an operator
+    that launches more than one kernel counts for each (see `launches`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,8 +112,9 @@ class OperatorCounter(TorchDispatchMode):
             if result is not NotImplemented:
                 return result
             if not func.is_view and func is not torch.ops.aten._unsafe_view.default:
-                self.total += 1
-                self.by_name[str(func)] += 1
+                count = launches(func, args, kwargs)
+                self.total += count
+                self.by_name[str(func)] += count
         return func(*args, **kwargs)
 
 
