@@ -47,10 +47,21 @@ from pathlib import Path
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, bmm_flop, register_flop_formula, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    bmm_flop,
+    register_flop_formula,
+    sdpa_flop_count,
+)
 
 from tools import random_models
-from tools.comfy_host import NodeRunner, comfyui_path, import_comfy, import_pack, pack_nodes
+from tools.comfy_host import (
+    NodeRunner,
+    comfyui_path,
+    import_comfy,
+    import_pack,
+    pack_nodes,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {"sd15": 512, "sdxl": 1024}

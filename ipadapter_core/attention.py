@@ -7,18 +7,29 @@ attention is linear in V: that costs a few tokens' worth of work instead of a qu
 
 Image branches have only 4-16 tokens per reference, so on a GPU each kernel launch costs more
 than its arithmetic. All adapters of a layer therefore run as one per-head attention over their
-tokens concatenated along the token axis, with one softmax per adapter segment: the same five
-kernels (query to head-major, scores, softmax, weighted values, add to the text output) for one
-adapter or many of one token count, with the arithmetic of one softmax(QKᵀ)V per adapter and head. The query copy
-to head-major is a view when the batch has a single key/value row.
+tokens concatenated along the token axis, with one softmax per adapter segment: one softmax call
+covers every segment by viewing the scores as (segments, W), W the longest token count. The
+kernels per layer call do not depend on the number of adapters, and the arithmetic stays within
+1.5x of one softmax(QKᵀ)V per adapter and head. Each segment's softmax subtracts its own
+maximum, so an adapter whose scores lie far below another's neither underflows to 0/0 nor
+vanishes, in fp16 and bf16 alike.
 
-One softmax call covers every segment by viewing the scores as (adapters, W), W the longest
-segment. Shorter segments are padded with -inf scores (zero weight) by one concatenation after
-the scores; the weighted-value product then runs on the padded layout (zero values: some extra
-arithmetic, no extra kernel) while the branch stays within 1.5x of its minimal arithmetic, and
-on the compact layout (a second concatenation) beyond that. Each segment's softmax subtracts
-its own maximum, so an adapter whose scores lie far below another's neither underflows to 0/0
-nor vanishes, in fp16 and bf16 alike.
+Two query layouts (batched matrix products take one batch stride, and the query's rows x heads
+have two):
+- Row-major, when the caller hands over a text output it owns (`overwrite_text`) and the batch
+  has at most two key/value rows (cond and uncond): the query as it comes, one product against
+  every row's keys (for two rows, half the scores are never read: 1.5x the minimal arithmetic),
+  then one product per row that accumulates into the text output in place: scores, softmax
+  and one product per row, four kernels with CFG, three for one row.
+- Head-major otherwise: the query copied to (rows x heads, L, d), scores, softmax, weighted
+  values, add to the text output: five kernels (the copy is a view for one row).
+
+Unequal token counts: when every count divides the longest and repeating the shorter segments
+keeps the padded width within 1.5x of the total, each segment's tokens are repeated to width W
+at build time. That is exact (m copies of a token each get 1/m of its weight, with unchanged
+values) and costs no kernel. Otherwise the scores are padded with -inf by one concatenation,
+and the weighted values use the padded layout (zero values: head-major only) while that keeps
+the branch within 1.5x, or the compact one (a second concatenation; row-major if allowed).
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ import torch.nn.functional as F
 
 # An attention kernel over (batch, tokens, heads*dim) tensors: image_attention or the host's (SD3.5's joint branch takes one).
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+MAX_FLOPS_OVER_MINIMAL = 1.5
 
 
 def image_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -62,18 +75,28 @@ class ImageKeysValues:
         self.token_counts = tuple(k.shape[1] for k in keys)
         self.width = max(self.token_counts)  # every segment's width inside the softmax
         total = sum(self.token_counts)
-        padding = len(self.token_counts) * self.width - total  # columns padding adds to a product
-        self.padded = padding > 0
-        # Scores always come from the compact keys. The weighted-value product runs on the padded
-        # layout (zero values: arithmetic instead of a kernel to compact the weights) while that
-        # keeps the branch within 1.5x of its minimal arithmetic, i.e. padding <= total.
-        self.pad_values = self.padded and padding <= total
+        padded_total = len(self.token_counts) * self.width
+        self.repeated = padded_total > total and all(self.width % count == 0 for count in self.token_counts) and padded_total <= MAX_FLOPS_OVER_MINIMAL * total
+        if self.repeated:
+            keys = [k.repeat(1, self.width // k.shape[1], 1) for k in keys]
+            values = [v.repeat(1, self.width // v.shape[1], 1) for v in values]
+        self.padded = padded_total > total and not self.repeated
+        # Scores come from the compact keys; the weighted values use the padded layout while the
+        # branch's arithmetic, (total + padded_total) / (2 total), stays within the bound.
+        self.pad_values = self.padded and padded_total + total <= 2 * MAX_FLOPS_OVER_MINIMAL * total
         self.segments = [(sum(self.token_counts[:a]), count) for a, count in enumerate(self.token_counts)]
-        self.keys = head_major(torch.cat(list(keys), dim=1), heads) * (keys[0].shape[-1] // heads) ** -0.5  # (G*H, T, d)
+        self.keys = head_major(torch.cat(list(keys), dim=1), heads) * (keys[0].shape[-1] // heads) ** -0.5  # (G*H, N, d)
         values = head_major(torch.cat(list(values), dim=1), heads)
         if self.pad_values:
             values = self.pad(values.transpose(1, 2), values.new_zeros(())).transpose(1, 2)
         self.values = values
+        # Row-major layout: the product against every row's keys costs G times the scores'
+        # arithmetic, (G + 1) / 2 times the minimum with the per-row value products. Padded
+        # values would add to that; with compact values it saves the head-major query copy.
+        arithmetic = (self.rows + 1) / 2 * (padded_total / total if self.repeated else 1.0)
+        self.all_row_keys = None
+        if not self.pad_values and arithmetic <= MAX_FLOPS_OVER_MINIMAL:
+            self.all_row_keys = self.keys.unflatten(0, (self.rows, heads)).transpose(0, 1).flatten(1, 2).transpose(1, 2)  # (H, d, G*N)
         self.neg_inf = self.keys.new_full((), float("-inf"))
         self.mask_memo: tuple[object, int, torch.Tensor | None] = (None, 0, None)
 
@@ -83,32 +106,63 @@ class ImageKeysValues:
         q: torch.Tensor,
         value_scale: torch.Tensor | None = None,
         masks: Sequence[torch.Tensor | None] | None = None,
+        overwrite_text: bool = False,
     ) -> torch.Tensor:
         """text_out + Σ_a mask_a · Attn(q, K_a, scale_a · V_a).
 
         value_scale: (G or 1, adapters) factors applied on top of the folded weights (step gating);
         masks: per adapter, None or (B, L, 1) over the queries. A list passed again (the same
         object) reuses what was derived from it the first time.
+        overwrite_text: text_out is the caller's own fresh tensor that nothing else reads and
+        autograd does not need; the image half may then be accumulated into it in place (and
+        text_out is returned).
         """
-        shape = q.shape
+        groups = self.rows
+        length = q.shape[0] // groups * q.shape[1]  # queries per row, samples folded into the sequence
+        factors = self.factors(masks, value_scale, length)
+        if overwrite_text and self.all_row_keys is not None and text_out.is_contiguous() and text_out.dtype == self.values.dtype:
+            return self.accumulate_row_major(text_out, q, factors, length)
+        return self.add_head_major(text_out, q, factors, length)
+
+    def accumulate_row_major(self, out: torch.Tensor, q: torch.Tensor, factors: torch.Tensor | None, length: int) -> torch.Tensor:
+        """Scores of the query as it comes against every row's keys; per row, the weighted values
+        accumulate into `out` in place (the product's own accumulation: no add kernel)."""
         groups, heads, adapters = self.rows, self.heads, len(self.token_counts)
-        length = shape[0] // groups * shape[1]  # queries per row, samples folded into the sequence
+        scores = torch.bmm(q.reshape(groups * length, heads, -1).transpose(0, 1), self.all_row_keys)  # (H, G*L, G*N)
+        probs = self.segment_softmax(scores.unflatten(-1, (groups, -1)))  # (H, G*L, G, A, W): every row's segments
+        if factors is not None:  # out of place: softmax's backward needs its output
+            probs = (probs.view(heads, groups, length, groups, adapters, self.width) * factors.unsqueeze(-1).unsqueeze(-3)).flatten(1, 2)
+        probs = self.compact(probs.flatten(-2)).view(heads, groups, length, groups, -1)  # row g's queries meet row g's keys at [:, g, :, g]
+        rows = out.view(groups, length, heads, -1)
+        values = self.values.unflatten(0, (groups, heads))
+        for g in range(groups):
+            rows[g].transpose(0, 1).baddbmm_(probs[:, g, :, g], values[g])
+        return out
+
+    def add_head_major(self, text_out: torch.Tensor, q: torch.Tensor, factors: torch.Tensor | None, length: int) -> torch.Tensor:
+        """One (row, head) matrix per batch entry: the query copied once, the sum added out of place."""
+        shape = q.shape
+        groups, heads = self.rows, self.heads
         q = head_major(q.reshape(groups, length, shape[-1]), heads)
-        scores = torch.bmm(q, self.keys.transpose(1, 2))
+        probs = self.segment_softmax(torch.bmm(q, self.keys.transpose(1, 2)))  # (G*H, L, A, W)
+        if factors is not None:  # out of place: softmax's backward needs its output
+            probs = (probs.unflatten(0, (groups, heads)) * factors.unsqueeze(1).unsqueeze(-1)).flatten(0, 1)
+        image_out = torch.bmm(self.compact(probs.flatten(-2)), self.values).unflatten(0, (groups, heads)).transpose(1, 2)
+        return (text_out.reshape(groups, length, heads, -1) + image_out).reshape(shape)
+
+    def segment_softmax(self, scores: torch.Tensor) -> torch.Tensor:
+        """(..., N) scores of the compact (or repeated) keys -> (..., adapters, W) weights, one
+        softmax per segment; at most 4 dims, so that the padding concatenation is one kernel."""
         if self.padded:
             scores = self.pad(scores, self.neg_inf)
-        probs = scores.unflatten(-1, (adapters, self.width)).softmax(dim=-1)  # one softmax per segment
-        factors = self.query_factors(masks, length)
-        if value_scale is not None:  # attention is linear in V: scaling the weights scales the values
-            scale = value_scale.to(probs.dtype).reshape(-1, 1, 1, adapters, 1)
-            factors = scale if factors is None else factors * scale
-        if factors is not None:  # out of place: softmax's backward needs its output
-            probs = (probs.unflatten(0, (groups, heads)) * factors).flatten(0, 1)
-        probs = probs.flatten(-2)
-        if self.padded and not self.pad_values:
-            probs = torch.cat([probs[..., a * self.width : a * self.width + count] for a, count in enumerate(self.token_counts)], dim=-1)
-        image_out = torch.bmm(probs, self.values).unflatten(0, (groups, heads)).transpose(1, 2)
-        return (text_out.reshape(groups, length, heads, -1) + image_out).reshape(shape)
+        return scores.unflatten(-1, (len(self.token_counts), self.width)).softmax(dim=-1)
+
+    def compact(self, probs: torch.Tensor) -> torch.Tensor:
+        """(..., adapters * W) -> the layout of the values: unchanged unless the values are compact
+        and the weights padded (then one concatenation; at most 4 dims)."""
+        if not self.padded or self.pad_values:
+            return probs
+        return torch.cat([probs[..., a * self.width : a * self.width + count] for a, count in enumerate(self.token_counts)], dim=-1)
 
     def pad(self, t: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
         """(..., T) -> (..., adapters * W): each segment followed by `fill` up to the common width."""
@@ -119,12 +173,20 @@ class ImageKeysValues:
                 pieces.append(fill.expand(*t.shape[:-1], self.width - count))
         return torch.cat(pieces, dim=-1)
 
+    def factors(self, masks: Sequence[torch.Tensor | None] | None, value_scale: torch.Tensor | None, length: int) -> torch.Tensor | None:
+        """What multiplies each adapter's attention weights, (G or 1, queries or 1, adapters), or None."""
+        mask = self.query_factors(masks, length)
+        if value_scale is None:  # attention is linear in V: scaling the weights scales the values
+            return mask
+        scale = value_scale.to(self.values.dtype).reshape(-1, 1, len(self.token_counts))
+        return scale if mask is None else mask * scale
+
     def query_factors(self, masks: Sequence[torch.Tensor | None] | None, length: int) -> torch.Tensor | None:
-        """The masks as one (G, 1, queries, adapters, 1) factor on the attention weights, or None."""
+        """The masks as one (G, queries, adapters) factor, or None; combined once per list."""
         if masks is None or all(m is None for m in masks):
             return None
         if self.mask_memo[0] is not masks or self.mask_memo[1] != length:
-            one = self.values.new_ones(()).expand(self.rows, 1, length, 1, 1)
-            pieces = [one if m is None else m.to(self.values.dtype).reshape(self.rows, 1, length, 1, 1) for m in masks]
-            self.mask_memo = (masks, length, torch.cat(pieces, dim=3))
+            one = self.values.new_ones(()).expand(self.rows, length, 1)
+            pieces = [one if m is None else m.to(self.values.dtype).reshape(self.rows, length, 1) for m in masks]
+            self.mask_memo = (masks, length, torch.cat(pieces, dim=-1))
         return self.mask_memo[2]

@@ -12,6 +12,7 @@ from ..ipadapter_core.image_branch import ImageBranch
 from ..ipadapter_core.layer_map import CrossAttentionLayer
 
 PATCHER_KEY = "ipadapter_core"
+OVERRIDE_KEY = "optimized_attention_override"  # transformer_options entry: the host calls this kernel instead of its own
 
 
 class ImagePromptAttention:
@@ -41,16 +42,18 @@ class ImagePromptAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         if self.previous is not None:
-            out = self.previous(q, k, v, extra_options)
-        else:
-            out = host_attention(extra_options)(q, k, v, extra_options["n_heads"])
-        return self.add_image(out, q, extra_options)
+            return self.add_image(self.previous(q, k, v, extra_options), q, extra_options)
+        out = host_attention(extra_options)(q, k, v, extra_options["n_heads"])
+        # The host's own kernel returns a fresh tensor: the image half may accumulate into it. An
+        # attention override (another pack's kernel) might keep what it returns, so not then.
+        return self.add_image(out, q, extra_options, overwrite=OVERRIDE_KEY not in extra_options)
 
-    def add_image(self, out: torch.Tensor, q: torch.Tensor, extra_options: dict) -> torch.Tensor:
+    def add_image(self, out: torch.Tensor, q: torch.Tensor, extra_options: dict, overwrite: bool = False) -> torch.Tensor:
         """out + every branch's image attention for queries q (B, L, heads*dim); Flux blocks use it too.
 
         extra_options: ComfyUI's transformer options with cond_or_uncond, sigmas and, with masks,
-        original_shape (the latent's).
+        original_shape (the latent's). overwrite: `out` is a fresh tensor only this call reads,
+        which may be updated in place (see ImageKeysValues.add_to).
         """
         kinds = tuple(extra_options.get("cond_or_uncond") or (0,))
         chunk = q.shape[0] // len(kinds)
@@ -61,9 +64,10 @@ class ImagePromptAttention:
         scale = None
         if self.gated:  # one row per key/value row: the first sample of each group it serves
             step = q.shape[0] // image_kv.rows
-            scale = torch.stack([branch.gate(extra_options["sigmas"], q.dtype)[::step] for branch in self.branches], dim=1)
+            gates = [branch.gate(extra_options["sigmas"], q.dtype)[::step] for branch in self.branches]
+            scale = gates[0].unsqueeze(1) if len(gates) == 1 else torch.stack(gates, dim=1)
         masks = self.masks(q, kinds, chunk, extra_options) if self.masked else None
-        return image_kv.add_to(out, q, value_scale=scale, masks=masks)
+        return image_kv.add_to(out, q, value_scale=scale, masks=masks, overwrite_text=overwrite)
 
     def build(self, kinds, chunk, device, dtype) -> ImageKeysValues:
         """Keys/values per pass (cond/uncond), or per latent when some input differs across latents."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -114,10 +116,10 @@ def reference_sum(text, q, ks, vs, heads, scale=None, masks=None):
     return out
 
 
-def mixed_case(seed, tokens, rows, batch, dtype=torch.float64):
+def mixed_case(seed, tokens, rows, batch, dtype=torch.float64, length=64):
     """Inputs with some adapters masked and per-row gates that include 0."""
     g = torch.Generator().manual_seed(seed)
-    q, text, ks, vs = tensors(seed, batch=batch, tokens=tokens)
+    q, text, ks, vs = tensors(seed, batch=batch, length=length, tokens=tokens)
     ks, vs = [k[:rows] for k in ks], [v[:rows] for v in vs]
     scale = torch.rand(rows, len(tokens), generator=g, dtype=torch.float64) * 2
     scale[0, 0] = 0.0
@@ -126,26 +128,71 @@ def mixed_case(seed, tokens, rows, batch, dtype=torch.float64):
     return q, text, [k.to(dtype) for k in ks], [v.to(dtype) for v in vs], scale, [None if m is None else m.to(dtype) for m in masks]
 
 
-# Token mixes that reach every layout: equal counts (no padding), padded weighted values, and
-# compact weighted values (padding would more than double that product).
-LAYOUTS = [((4, 4, 4), False, False), ((16, 16, 12), True, True), ((4, 16), True, True), ((4, 257), True, True), ((4, 4, 4, 16), True, False)]
+def add(image_kv, text, q, overwrite, **kwargs):
+    """add_to as the node patch calls it: with overwrite, on a fresh copy of the text output."""
+    return image_kv.add_to(text.clone() if overwrite else text, q, overwrite_text=overwrite, **kwargs)
 
 
-@pytest.mark.parametrize("tokens, padded, padded_values", LAYOUTS)
+# Token mixes that reach every segment layout: equal counts; shorter segments repeated (every
+# count divides the longest, within 1.5x); scores padded with padded weighted values; padded
+# scores with compact weighted values (padding would more than double that product).
+LAYOUTS = {
+    (4, 4, 4): "equal",
+    (16,) * 7 + (4,): "repeated",
+    (16, 4, 16): "repeated",
+    (16, 16, 12): "padded values",
+    (4, 16): "padded values",
+    (4, 257): "padded values",
+    (4, 4, 4, 16): "compact values",
+}
+
+
+def layout_of(image_kv):
+    if image_kv.padded:
+        return "padded values" if image_kv.pad_values else "compact values"
+    return "repeated" if image_kv.repeated else "equal"
+
+
+@pytest.mark.parametrize("tokens", list(LAYOUTS))
 @pytest.mark.parametrize("rows, batch", [(2, 6), (4, 4), (1, 2)])
-def test_every_layout_matches_reference_form(tokens, padded, padded_values, rows, batch):
-    """Mixed token counts, masks, per-row gates, shared or per-latent rows: the per-adapter SDPA sum."""
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_every_layout_matches_reference_form(tokens, rows, batch, overwrite):
+    """Mixed token counts, masks, per-row gates, shared or per-latent rows, either query layout:
+    the per-adapter SDPA sum."""
     q, text, ks, vs, scale, masks = mixed_case(9, tokens, rows, batch)
     image_kv = ImageKeysValues(ks, vs, heads=8)
-    assert (image_kv.padded, image_kv.pad_values) == (padded, padded_values)
+    assert layout_of(image_kv) == LAYOUTS[tokens]
     expected = reference_sum(text, q, ks, vs, 8, scale, masks)
-    assert torch.allclose(image_kv.add_to(text, q, value_scale=scale, masks=masks), expected, atol=1e-10)
-    assert torch.allclose(image_kv.add_to(text, q), reference_sum(text, q, ks, vs, 8), atol=1e-10)
+    assert torch.allclose(add(image_kv, text, q, overwrite, value_scale=scale, masks=masks), expected, atol=1e-10)
+    assert torch.allclose(add(image_kv, text, q, overwrite), reference_sum(text, q, ks, vs, 8), atol=1e-10)
 
 
+@pytest.mark.parametrize(
+    "tokens, rows, row_major",
+    [((4,), 2, True), ((4,) * 8, 1, True), ((16, 4, 16), 1, True), ((4, 4, 4, 16), 2, True), ((16, 4, 16), 2, False), ((4,), 4, False), ((4, 16), 2, False)],
+)
+def test_row_major_layout_accumulates_in_place_only_when_allowed(tokens, rows, row_major):
+    """The text output is updated in place only when the caller hands it over and the row-major
+    product stays within 1.5x of the minimal arithmetic: up to two rows, no repeat (one row: a
+    repeat within 1.5x), compact values. Otherwise, and always without overwrite_text, the
+    caller's tensor is untouched."""
+    q, text, ks, vs, scale, masks = mixed_case(16, tokens, rows, batch=4)
+    image_kv = ImageKeysValues(ks, vs, heads=8)
+    assert (image_kv.all_row_keys is not None) == row_major
+    kept = text.clone()
+    out = image_kv.add_to(text, q, value_scale=scale, masks=masks)
+    assert out is not text and torch.equal(text, kept)
+    out = image_kv.add_to(text, q, value_scale=scale, masks=masks, overwrite_text=True)
+    assert (out is text) == row_major and torch.equal(text, kept) != row_major
+    assert torch.allclose(out, reference_sum(kept, q, ks, vs, 8, scale, masks), atol=1e-10)
+    non_contiguous = kept.transpose(0, 1).contiguous().transpose(0, 1)
+    assert image_kv.add_to(non_contiguous, q, overwrite_text=True) is not non_contiguous
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("tokens", [(4, 4), (4, 16), (16, 16, 12)])
-def test_far_apart_adapters_in_half_precision(dtype, tokens):
+@pytest.mark.parametrize("tokens", [(4, 4), (4, 16), (16, 16, 12), (16, 4, 16)])
+def test_far_apart_adapters_in_half_precision(dtype, tokens, overwrite):
     """One adapter's scores >100 below another's: a softmax shifted by one maximum for all segments
     would underflow that adapter to 0/0 (even in fp32); each segment keeps its own maximum. Scores
     that large lose digits when stored in half precision, so the bar is the formula evaluated in
@@ -160,7 +207,7 @@ def test_far_apart_adapters_in_half_precision(dtype, tokens):
     q, text, ks, vs = q.to(dtype), text.to(dtype), [k.to(dtype) for k in ks], [v.to(dtype) for v in vs]
     scores = [torch.einsum("blhd,bthd->bhlt", q.double().unflatten(-1, (heads, d)), k.double().unflatten(-1, (heads, d))) / d**0.5 for k in ks]
     assert (scores[1].amax(dim=-1) < scores[0].amin(dim=-1) - 100).all()  # in every head, for every query
-    out = ImageKeysValues(ks, vs, heads).add_to(text, q)
+    out = add(ImageKeysValues(ks, vs, heads), text, q, overwrite)
     assert out.dtype == dtype and torch.isfinite(out).all()
     expected = reference_sum(text.double(), q.double(), [k.double() for k in ks], [v.double() for v in vs], heads)
     same_precision = text + sum(naive_attention(q, k, v, heads) for k, v in zip(ks, vs))
@@ -170,55 +217,92 @@ def test_far_apart_adapters_in_half_precision(dtype, tokens):
     assert low.norm() > 0.2 * (expected - text.double()).norm()  # the low adapter really contributes
 
 
-@pytest.mark.parametrize("tokens", [t for t, _, _ in LAYOUTS])
-def test_gradients_match_reference_form(tokens):
-    """Training differentiates through this layout: gradients to q, keys and values are the reference's."""
-    q, text, ks, vs, scale, masks = mixed_case(12, tokens, rows=2, batch=4)
-    leaves = [q, *ks, *vs]
+@pytest.mark.parametrize("rows, overwrite", [(2, False), (2, True), (1, True)])
+@pytest.mark.parametrize("tokens", list(LAYOUTS))
+def test_gradients_match_reference_form(tokens, rows, overwrite):
+    """Training differentiates through this layout: gradients to q, keys, values and the text
+    output are the reference's (the in-place accumulation included)."""
+    q, text, ks, vs, scale, masks = mixed_case(12, tokens, rows=rows, batch=4, length=16)
+    leaves = [q, text, *ks, *vs]
     for t in leaves:
         t.requires_grad_(True)
     weights = torch.randn(q.shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
-    out = ImageKeysValues(ks, vs, heads=8).add_to(text, q, value_scale=scale, masks=masks)
+    out = add(ImageKeysValues(ks, vs, heads=8), text, q, overwrite, value_scale=scale, masks=masks)
     grads = torch.autograd.grad((out * weights).sum(), leaves)
     expected = torch.autograd.grad((reference_sum(text, q, ks, vs, 8, scale, masks) * weights).sum(), leaves)
     for got, want in zip(grads, expected):
         assert torch.allclose(got, want, atol=1e-10)
 
 
-def count_kernels(tokens, rows=2, batch=4, gated=False, masked=False):
+@functools.cache
+def count_kernels(tokens, rows=2, batch=4, gated=False, masked=False, overwrite=False):
+    """Kernels of one add_to call, counted as benchmarks/count_cost.py counts a sampling step."""
     from benchmarks.count_cost import OperatorCounter
 
-    q, text, ks, vs, scale, masks = mixed_case(14, tokens, rows, batch, dtype=torch.float32)
+    q, text, ks, vs, scale, masks = mixed_case(14, tokens, rows, batch, dtype=torch.float32, length=16)
     image_kv = ImageKeysValues(ks, vs, heads=8)
     masks = masks if masked else None
     if masks is not None:
         image_kv.add_to(text, q, masks=masks)  # masks are combined once per list, as in sampling
-    with torch.inference_mode(), OperatorCounter() as counter:
-        image_kv.add_to(text, q, value_scale=scale if gated else None, masks=masks)
+    with torch.inference_mode():
+        text = text.clone()  # the host's fresh output, made outside the count
+        with OperatorCounter() as counter:
+            image_kv.add_to(text, q, value_scale=scale if gated else None, masks=masks, overwrite_text=overwrite)
     return counter.total
 
 
 def test_kernels_do_not_grow_with_adapters():
-    """Launches per layer: query to head-major (a view for one key/value row), scores, softmax, weighted
-    values, add; the same for 1 or 8 adapters. Unequal token counts add at most one concatenation
-    per product; a mask and a gate add one multiplication each."""
-    assert count_kernels((4,)) == count_kernels((4,) * 8) == count_kernels((16,) * 8) == count_kernels((257,) * 2) == 5
+    """Per layer call, row-major (the node patch's case with CFG): scores, softmax, one product per
+    row that accumulates into the text output. Head-major: query copy (a view for one row), scores,
+    softmax, weighted values, add. The same for 1 or 8 adapters; unequal counts that cannot be
+    repeated add a concatenation per padded product (row-major when both products would be
+    padded); a mask and a gate add one multiplication each."""
+    assert count_kernels((4,), overwrite=True) == count_kernels((4,) * 8, overwrite=True) == count_kernels((16,) * 8, overwrite=True) == 4
+    assert count_kernels((257,) * 2, overwrite=True) == 4
+    assert count_kernels((4,), rows=1, batch=2, overwrite=True) == count_kernels((16, 4, 16), rows=1, batch=2, overwrite=True) == 3
+    assert count_kernels((4,)) == count_kernels((4,) * 8) == count_kernels((16, 4, 16)) == count_kernels((16,) * 7 + (4,)) == 5
+    assert count_kernels((16, 4, 16), overwrite=True) == count_kernels((4,), rows=4, overwrite=True) == 5
     assert count_kernels((4,), rows=1, batch=2) == count_kernels((16,) * 8, rows=1, batch=2) == 4
-    assert count_kernels((4, 16)) == count_kernels((4, 16) * 4) == count_kernels((4, 257)) == count_kernels((16, 16, 12)) == 6
-    assert count_kernels((4, 4, 4, 16)) == count_kernels((4,) * 7 + (16,)) == 7
-    for tokens in [(4,), (4,) * 8, (4, 16) * 4]:
-        assert count_kernels(tokens, masked=True) == count_kernels(tokens, gated=True) == count_kernels(tokens) + 1
-        assert count_kernels(tokens, masked=True, gated=True) == count_kernels(tokens) + 2
+    for overwrite in (False, True):
+        assert count_kernels((4, 16), overwrite=overwrite) == count_kernels((4, 16) * 4, overwrite=overwrite) == count_kernels((16, 16, 12), overwrite=overwrite) == 6
+        assert count_kernels((4, 4, 4, 16), overwrite=overwrite) == count_kernels((4,) * 7 + (16,), overwrite=overwrite) == 7 - overwrite
+        for tokens in [(4,), (4,) * 8, (4, 16) * 4, (16, 4, 16), (4, 4, 4, 16)]:
+            plain = count_kernels(tokens, overwrite=overwrite)
+            assert count_kernels(tokens, masked=True, overwrite=overwrite) == count_kernels(tokens, gated=True, overwrite=overwrite) == plain + 1
+            assert count_kernels(tokens, masked=True, gated=True, overwrite=overwrite) == plain + 2
 
 
-@pytest.mark.parametrize("tokens", [(4,), (4,) * 8, (16,) * 8, (4, 16), (16, 16, 12), (4, 257), (4,) * 7 + (16,), (16,) + (4,) * 7])
-def test_flops_stay_within_one_and_a_half_of_minimal(tokens):
-    """Minimal: one softmax(QKᵀ)V per adapter and head, 4·B·L·C·T; exactly that without padding."""
+def test_counter_counts_the_copy_inside_out_of_place_baddbmm():
+    """ATen's out-of-place baddbmm copies its input into the new output before the GEMM (two
+    launches, below any dispatch mode); in place there is no copy. The FLOPs of both forms count."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    q, text, ks, vs, _, _ = mixed_case(15, tokens, rows=2, batch=4, dtype=torch.float32)
+    from benchmarks.count_cost import OperatorCounter
+
+    a, b, c = torch.randn(4, 8, 16), torch.randn(4, 16, 3), torch.randn(4, 8, 3)
+    for call, kernels in [(lambda: torch.baddbmm(c, a, b), 2), (lambda: torch.baddbmm(c, a, b, beta=0), 1), (lambda: c.baddbmm_(a, b), 1), (lambda: torch.bmm(a, b), 1)]:
+        with OperatorCounter() as counter, FlopCounterMode(display=False) as flops:
+            call()
+        assert counter.total == kernels and flops.get_total_flops() == 2 * 4 * 8 * 16 * 3
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("tokens", [(4,), (4,) * 8, (16,) * 8, (4, 16), (16, 16, 12), (4, 257), (4,) * 7 + (16,), (16,) + (4,) * 7, (16,) * 7 + (4,), (16, 4, 16)])
+def test_flops_stay_within_one_and_a_half_of_minimal(tokens, rows, overwrite):
+    """Minimal: one softmax(QKᵀ)V per adapter and head, 4·B·L·C·T; exactly that for equal counts
+    in the head-major layout, 1.5x in the row-major one with two rows."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.count_cost import OperatorCounter  # noqa: F401  (registers the in-place product's FLOPs)
+
+    q, text, ks, vs, _, _ = mixed_case(15, tokens, rows=rows, batch=4, dtype=torch.float32)
     image_kv = ImageKeysValues(ks, vs, heads=8)
-    with torch.inference_mode(), FlopCounterMode(display=False) as flops:
-        image_kv.add_to(text, q)
+    with torch.inference_mode():
+        text = text.clone()
+        with FlopCounterMode(display=False) as flops:
+            image_kv.add_to(text, q, overwrite_text=overwrite)
     ratio = flops.get_total_flops() / (4 * q.numel() * sum(tokens))
-    assert ratio == 1.0 if len(set(tokens)) == 1 else 1.0 <= ratio <= 1.5
+    if len(set(tokens)) == 1:
+        assert ratio == (1.5 if overwrite and rows == 2 else 1.0)
+    assert 1.0 <= ratio <= 1.5
