@@ -281,6 +281,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown configs: {unknown}")
 
+    code = git_state()  # what is counted: the code as the run starts, whatever is committed meanwhile
     comfy = import_host()
     from comfyui_ipadapter.ipadapter_core.layer_map import cross_attention_layers
 
@@ -306,7 +307,7 @@ def main() -> None:
         row["flops_over_bare_pct"] = 100 * branch_flops / bare["flops"]
         row["branch_flops_over_minimal"] = branch_flops / row["minimal_branch_flops"] if row["minimal_branch_flops"] else None
 
-    result = dict(kind="count", label=args.label, code=git_state(), model=args.model, image_size=side, dtype="fp32",
+    result = dict(kind="count", label=args.label, code=code, model=args.model, image_size=side, dtype="fp32",
                   counted="second of two euler steps, CFG 7.5, every diffusion-model call", host="ComfyUI 0.3.75, SDPA attention",
                   torch=torch.__version__, patched_layers=len(layers), rows=rows)
     RESULTS.mkdir(exist_ok=True)
