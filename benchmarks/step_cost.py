@@ -109,7 +109,8 @@ def held_bytes(model) -> int:
     for patch in model.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {}).values():
         if isinstance(patch, ImagePromptAttention):
             for image_kv in patch.cache.values():
-                total += sum(t.numel() * t.element_size() for t in (image_kv.keys, image_kv.values))
+                held = [t for t in (image_kv.keys, image_kv.values, image_kv.all_row_keys) if t is not None]
+                total += sum(t.numel() * t.element_size() for t in held)
     return total
 
 

@@ -8,7 +8,8 @@ attention is linear in V: that costs a few tokens' worth of work instead of a qu
 Image branches have only 4-16 tokens per reference, so on a GPU each kernel launch costs more
 than its arithmetic. All adapters of a layer therefore run as one per-head attention over their
 tokens concatenated along the token axis, with one softmax per adapter segment: one softmax call
-covers every segment by viewing the scores as (segments, W), W the longest token count. The
+covers every segment by viewing the scores as (segments, W, queries), W the longest token count
+(scores are keys x queryᵀ: see add_to). The
 kernels per layer call do not depend on the number of adapters, and the arithmetic stays within
 1.5x of one softmax(QKᵀ)V per adapter and head. Each segment's softmax subtracts its own
 maximum, so an adapter whose scores lie far below another's neither underflows to 0/0 nor
@@ -88,7 +89,7 @@ class ImageKeysValues:
         self.keys = head_major(torch.cat(list(keys), dim=1), heads) * (keys[0].shape[-1] // heads) ** -0.5  # (G*H, N, d)
         values = head_major(torch.cat(list(values), dim=1), heads)
         if self.pad_values:
-            values = self.pad(values.transpose(1, 2), values.new_zeros(())).transpose(1, 2)
+            values = self.pad(values, values.new_zeros(()))
         self.values = values
         # Row-major layout: the product against every row's keys costs G times the scores'
         # arithmetic, (G + 1) / 2 times the minimum with the per-row value products. Padded
@@ -96,7 +97,7 @@ class ImageKeysValues:
         arithmetic = (self.rows + 1) / 2 * (padded_total / total if self.repeated else 1.0)
         self.all_row_keys = None
         if not self.pad_values and arithmetic <= MAX_FLOPS_OVER_MINIMAL:
-            self.all_row_keys = self.keys.unflatten(0, (self.rows, heads)).transpose(0, 1).flatten(1, 2).transpose(1, 2)  # (H, d, G*N)
+            self.all_row_keys = self.keys.unflatten(0, (self.rows, heads)).transpose(0, 1).flatten(1, 2)  # (H, G*N, d)
         self.neg_inf = self.keys.new_full((), float("-inf"))
         self.mask_memo: tuple[object, int, torch.Tensor | None] = (None, 0, None)
 
@@ -116,6 +117,10 @@ class ImageKeysValues:
         overwrite_text: text_out is the caller's own fresh tensor that nothing else reads and
         autograd does not need; the image half may then be accumulated into it in place (and
         text_out is returned).
+
+        Scores are computed as keys x queryᵀ (tokens, queries): the tokens are the products' short
+        side, so a score does not depend on how many other adapters share the product (BLAS
+        libraries pick their kernels, and with them the rounding, by the short side).
         """
         groups = self.rows
         length = q.shape[0] // groups * q.shape[1]  # queries per row, samples folded into the sequence
@@ -125,18 +130,18 @@ class ImageKeysValues:
         return self.add_head_major(text_out, q, factors, length)
 
     def accumulate_row_major(self, out: torch.Tensor, q: torch.Tensor, factors: torch.Tensor | None, length: int) -> torch.Tensor:
-        """Scores of the query as it comes against every row's keys; per row, the weighted values
+        """Scores of every row's keys against the query as it comes; per row, the weighted values
         accumulate into `out` in place (the product's own accumulation: no add kernel)."""
-        groups, heads, adapters = self.rows, self.heads, len(self.token_counts)
-        scores = torch.bmm(q.reshape(groups * length, heads, -1).transpose(0, 1), self.all_row_keys)  # (H, G*L, G*N)
-        probs = self.segment_softmax(scores.unflatten(-1, (groups, -1)))  # (H, G*L, G, A, W): every row's segments
+        groups, heads = self.rows, self.heads
+        scores = torch.bmm(self.all_row_keys, q.reshape(groups * length, heads, -1).permute(1, 2, 0))  # (H, G*N, G*L)
+        probs = self.segment_softmax(scores.unflatten(1, (groups, -1)))  # (H, G, A, W, G*L): every row's segments
         if factors is not None:  # out of place: softmax's backward needs its output
-            probs = (probs.view(heads, groups, length, groups, adapters, self.width) * factors.unsqueeze(-1).unsqueeze(-3)).flatten(1, 2)
-        probs = self.compact(probs.flatten(-2)).view(heads, groups, length, groups, -1)  # row g's queries meet row g's keys at [:, g, :, g]
+            probs = (probs.unflatten(-1, (groups, length)) * factors.permute(2, 0, 1).unsqueeze(1)).flatten(-2)
+        probs = self.compact(probs.flatten(2, 3)).unflatten(-1, (groups, length))  # row g's keys meet row g's queries at [:, g, :, g]
         rows = out.view(groups, length, heads, -1)
         values = self.values.unflatten(0, (groups, heads))
         for g in range(groups):
-            rows[g].transpose(0, 1).baddbmm_(probs[:, g, :, g], values[g])
+            rows[g].transpose(0, 1).baddbmm_(probs[:, g, :, g].transpose(1, 2), values[g])
         return out
 
     def add_head_major(self, text_out: torch.Tensor, q: torch.Tensor, factors: torch.Tensor | None, length: int) -> torch.Tensor:
@@ -144,34 +149,34 @@ class ImageKeysValues:
         shape = q.shape
         groups, heads = self.rows, self.heads
         q = head_major(q.reshape(groups, length, shape[-1]), heads)
-        probs = self.segment_softmax(torch.bmm(q, self.keys.transpose(1, 2)))  # (G*H, L, A, W)
+        probs = self.segment_softmax(torch.bmm(self.keys, q.transpose(1, 2)))  # (G*H, A, W, L)
         if factors is not None:  # out of place: softmax's backward needs its output
-            probs = (probs.unflatten(0, (groups, heads)) * factors.unsqueeze(1).unsqueeze(-1)).flatten(0, 1)
-        image_out = torch.bmm(self.compact(probs.flatten(-2)), self.values).unflatten(0, (groups, heads)).transpose(1, 2)
+            probs = (probs.unflatten(0, (groups, heads)) * factors.transpose(1, 2).unsqueeze(1).unsqueeze(-2)).flatten(0, 1)
+        image_out = torch.bmm(self.compact(probs.flatten(1, 2)).transpose(1, 2), self.values).unflatten(0, (groups, heads)).transpose(1, 2)
         return (text_out.reshape(groups, length, heads, -1) + image_out).reshape(shape)
 
     def segment_softmax(self, scores: torch.Tensor) -> torch.Tensor:
-        """(..., N) scores of the compact (or repeated) keys -> (..., adapters, W) weights, one
-        softmax per segment; at most 4 dims, so that the padding concatenation is one kernel."""
+        """(..., N, queries) scores of the compact (or repeated) keys -> (..., adapters, W, queries)
+        weights, one softmax per segment; at most 4 dims, so that the padding concatenation is one kernel."""
         if self.padded:
             scores = self.pad(scores, self.neg_inf)
-        return scores.unflatten(-1, (len(self.token_counts), self.width)).softmax(dim=-1)
+        return scores.unflatten(-2, (len(self.token_counts), self.width)).softmax(dim=-2)
 
     def compact(self, probs: torch.Tensor) -> torch.Tensor:
-        """(..., adapters * W) -> the layout of the values: unchanged unless the values are compact
-        and the weights padded (then one concatenation; at most 4 dims)."""
+        """(..., adapters * W, queries) -> the token layout of the values: unchanged unless the
+        values are compact and the weights padded (then one concatenation; at most 4 dims)."""
         if not self.padded or self.pad_values:
             return probs
-        return torch.cat([probs[..., a * self.width : a * self.width + count] for a, count in enumerate(self.token_counts)], dim=-1)
+        return torch.cat([probs[..., a * self.width : a * self.width + count, :] for a, count in enumerate(self.token_counts)], dim=-2)
 
     def pad(self, t: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-        """(..., T) -> (..., adapters * W): each segment followed by `fill` up to the common width."""
+        """(..., N, X) -> (..., adapters * W, X): each segment's tokens followed by `fill` up to the common width."""
         pieces = []
         for start, count in self.segments:
-            pieces.append(t[..., start : start + count])
+            pieces.append(t[..., start : start + count, :])
             if count < self.width:
-                pieces.append(fill.expand(*t.shape[:-1], self.width - count))
-        return torch.cat(pieces, dim=-1)
+                pieces.append(fill.expand(*t.shape[:-2], self.width - count, t.shape[-1]))
+        return torch.cat(pieces, dim=-2)
 
     def factors(self, masks: Sequence[torch.Tensor | None] | None, value_scale: torch.Tensor | None, length: int) -> torch.Tensor | None:
         """What multiplies each adapter's attention weights, (G or 1, queries or 1, adapters), or None."""

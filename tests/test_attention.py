@@ -189,6 +189,22 @@ def test_row_major_layout_accumulates_in_place_only_when_allowed(tokens, rows, r
     assert image_kv.add_to(non_contiguous, q, overwrite_text=True) is not non_contiguous
 
 
+@pytest.mark.parametrize("rows, batch", [(1, 2), (2, 2), (2, 6), (4, 4)])
+def test_adapters_with_zero_values_leave_the_others_bit_identical(rows, batch):
+    """An adapter at weight 0 (zero values) beside others changes nothing, to the bit, in either
+    layout and for any number of them: tokens are the short side of the score product, so no
+    score depends on how many adapters share it (test_nodes relies on this through a whole UNet)."""
+    q, text, ks, vs = tensors(17, batch=batch, length=48, tokens=(4,) * 8)
+    ks, vs = [k[:rows].float() for k in ks], [v[:rows].float() for v in vs]
+    q, text = q.float(), text.float()
+    zeros = [torch.zeros_like(v) for v in vs]
+    one = ImageKeysValues(ks[:1], vs[:1], heads=8).add_to(text, q)
+    for count in (2, 3, 8):
+        image_kv = ImageKeysValues(ks[:count], vs[:1] + zeros[1:count], heads=8)
+        for overwrite in (False, True):
+            assert torch.equal(add(image_kv, text, q, overwrite), one)
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("tokens", [(4, 4), (4, 16), (16, 16, 12), (16, 4, 16)])
