@@ -167,6 +167,8 @@ def count_one_evaluation(kind, model, latent, cfg, text_tokens, device):
     """FLOPs and non-view ops of one model evaluation (CFG batch 2 when cfg > 1), in steady state:
     the patched model is evaluated once first, so per-run work (image keys/values of Flux,
     device copies) is not counted and per-step work (SD3.5's projection) is."""
+    import comfy.patcher_extension
+
     kinds = [0, 1] if cfg > 1 else [0]
     batch = len(kinds)
     (context, extra), = conditioning(kind, 2, text_tokens, device)
@@ -179,6 +181,8 @@ def count_one_evaluation(kind, model, latent, cfg, text_tokens, device):
         for sigma in (0.8, 0.7):
             sigmas = torch.full((batch,), sigma, device=device)
             options = {**model.model_options["transformer_options"], "cond_or_uncond": kinds, "sigmas": sigmas}
+            # the patcher's wrappers (SD3.5's per-step inputs), merged in as the host's sampler does
+            options["wrappers"] = comfy.patcher_extension.merge_nested_dicts(dict(options.get("wrappers", {})), model.wrappers)
             flops, ops = FlopCounterMode(display=False), OpCounter()
             with torch.inference_mode(), flops, ops:
                 model.model.apply_model(x, sigmas, transformer_options=options, **conds)
