@@ -44,8 +44,9 @@ def weight_type_input(optional: bool) -> io.Input:
     return io.Combo.Input(
         "weight_type", options=list(WEIGHT_TYPES), default="linear", optional=optional,
         tooltip=(
-            "How the weight is spread over the UNet's layers. linear: the same everywhere. style transfer / composition: only the "
-            "InstantStyle layers. Flux/SD3.5: linear and the ease curves only (over the blocks, first to last); the others are an error."
+            "How the weight is spread over the UNet's layers, as the same names do in ComfyUI_IPAdapter_plus. linear: the same "
+            "everywhere. style transfer / composition: only the InstantStyle layers. Flux/SD3.5: linear and the ease curves only "
+            "(over the blocks, first to last); the others are an error."
         ),
     )
 
@@ -78,9 +79,9 @@ class ApplyIPAdapter(io.ComfyNode):
                 io.Mask.Input("attn_mask", optional=True, tooltip="The image prompt acts only where the mask is 1 (resized to every layer). One mask, or one per latent."),
                 io.Boolean.Input("unfold_batch", default=False, optional=True, tooltip="Reference i goes to latent i (the last repeats) instead of all references to every latent."),
                 WeightScheduleSocket.Input("weight_schedule", optional=True, tooltip="Per-latent factors on the weight (animation), the last repeating."),
-                ImagePromptSocket.Input("composition_image_prompt", optional=True, tooltip="With weight_type 'style and composition': the prompt for the composition layers (default: image_prompt)."),
-                io.Float.Input("composition_weight", default=1.0, min=WEIGHT_RANGE[0], max=WEIGHT_RANGE[1], step=0.05, optional=True, tooltip="With 'style and composition': the weight of the composition layers."),
-                io.String.Input("layer_weights", default="", optional=True, tooltip="Power users: per-layer factors applied after weight_type, e.g. 'all:0, style:1, output 4:0.5, middle 0.3:0'. Flux/SD3.5: 'all' and blocks by number, e.g. 'all:0, block 3:1'."),
+                ImagePromptSocket.Input("composition_image_prompt", optional=True, tooltip="With weight_type '(strong) style and composition': the prompt for the composition layers (default: image_prompt)."),
+                io.Float.Input("composition_weight", default=1.0, min=WEIGHT_RANGE[0], max=WEIGHT_RANGE[1], step=0.05, optional=True, tooltip="With '(strong) style and composition': the weight of the composition layers."),
+                io.String.Input("layer_weights", default="", optional=True, tooltip="Power users: per-layer factors applied after weight_type, e.g. 'all:0, style:1, output 4:0.5, 6:1' (a number is an attention block in execution order). Flux/SD3.5: 'all' and blocks by number, e.g. 'all:0, block 3:1'."),
                 io.Float.Input(
                     "lora_strength", default=1.0, min=LORA_STRENGTH_RANGE[0], max=LORA_STRENGTH_RANGE[1], step=0.05, optional=True,
                     tooltip="FaceID adapters with a LoRA inside (faceid, plus, plusv2): its strength on the UNet, 1 as trained; 0 leaves the UNet's weights alone. Added once per model, like a LoRA node; other adapters ignore it.",

@@ -16,7 +16,7 @@ from ipadapter_core.checkpoint import split_adapter_weights
 from ipadapter_core.errors import IPAdapterError
 from ipadapter_core.image_prompt import ImagePrompt
 from ipadapter_core.layer_map import CrossAttentionLayer
-from ipadapter_core.layer_weights import composition_factors, layer_factors, regions
+from ipadapter_core.layer_weights import composition_factors, layer_factors
 from test_layer_map import SD15_TABLE
 from tools.random_models import SD15_LAYER_DIMS, adapter_state_dict
 
@@ -67,8 +67,8 @@ def test_every_input_reaches_the_branch(adapter):
     assert torch.equal(branch.mask, mask[None]) and branch.latent_weights == (1.0, 0.5)
     assert torch.equal(branch.cond, prompt.cond)  # unfolded: one row per reference
     expected = layer_factors(LAYERS, "ease in")
-    region = regions(LAYERS)  # "middle": the deepest stage, around the middle block
-    assert branch.layer_weights == {key: 0.0 if region[key] == "middle" else value for key, value in expected.items()}
+    # "middle": ComfyUI's middle block, as the leading pack's weight types name it
+    assert branch.layer_weights == {key: 0.0 if key[0] == "middle" else value for key, value in expected.items()}
     assert 0 < sum(value == 0.0 for value in branch.layer_weights.values()) < len(LAYERS)
 
 
@@ -91,7 +91,7 @@ def test_style_and_composition_adds_the_composition_branch(adapter):
     (dict(start_at=0.8, end_at=0.2), r"start_at \(0.8\) is after end_at \(0.2\)"),
     (dict(embeds_scaling="Q only"), "Unknown embeds_scaling 'Q only'"),
     (dict(weight_type="sideways"), "Unknown weight_type 'sideways'"),
-    (dict(composition_image_prompt="set below"), "composition_image_prompt is used only with weight_type 'style and composition'"),
+    (dict(composition_image_prompt="set below"), "composition_image_prompt is used only with weight_type 'style and composition' or 'strong style and composition'"),
     (dict(attn_mask=torch.full((8, 8), 2.0)), "attn_mask values must lie between 0 and 1"),
 ])
 def test_bad_inputs_are_refused_with_the_fix(adapter, options, message):

@@ -245,33 +245,96 @@ def test_regions_follow_the_unet_structure(pack, architecture, sizes):
     from comfyui_ipadapter.ipadapter_core.layer_weights import regions
 
     counted = list(regions(layers_of(architecture)).values())
-    assert (counted.count("input"), counted.count("middle"), counted.count("output")) == sizes
+    assert (counted.count("input"), counted.count("deepest"), counted.count("output")) == sizes
+
+
+# The leading pack's weight types (cubiq/ComfyUI_IPAdapter_plus: the tables in IPAdapterPlus.py's
+# ipadapter_execute and the ramps in CrossAttentionPatch.py's ipadapter_attention), written out
+# by hand. That pack numbers ComfyUI's blocks holding cross-attention in execution order:
+BLOCKS = {
+    "sd15": [("input", 1), ("input", 2), ("input", 4), ("input", 5), ("input", 7), ("input", 8), ("middle", 0)]
+    + [("output", n) for n in range(3, 12)],
+    "sdxl": [("input", 4), ("input", 5), ("input", 7), ("input", 8), ("middle", 0)] + [("output", n) for n in range(6)],
+}
+LEADING_TABLES = {  # weight type -> architecture -> {block number: factor}; absent blocks get 0
+    "style transfer": {"sd15": dict.fromkeys([0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15], 1.0), "sdxl": {6: 1.0}},
+    "composition": {"sd15": {4: 0.25, 5: 1.0}, "sdxl": {3: 1.0}},
+    "strong style transfer": {"sd15": dict.fromkeys([0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], 1.0),
+                              "sdxl": dict.fromkeys([0, 1, 2, 4, 5, 6, 7, 8, 9, 10], 1.0)},
+    "style and composition": {"sd15": dict.fromkeys([0, 1, 2, 3, 9, 10, 11, 12, 13, 14, 15], 1.0), "sdxl": {6: 1.0}},
+    "strong style and composition": {"sd15": dict.fromkeys([0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], 1.0),
+                                     "sdxl": dict.fromkeys([0, 1, 2, 4, 5, 6, 7, 8, 9, 10], 1.0)},
+}
+LEADING_COMPOSITION_HALF = {  # the composition weight's blocks of the two-prompt types
+    "style and composition": {"sd15": {4: 0.25, 5: 1.0}, "sdxl": {3: 1.0}},
+    "strong style and composition": {"sd15": {4: 1.0, 5: 1.0}, "sdxl": {3: 1.0}},
+}
+
+
+def leading_ramp(weight_type, t, count):
+    """CrossAttentionPatch.py's per-block factor for block t of `count` (16 on SD1.5, 11 on SDXL)."""
+    half = count / 2
+    return {
+        "linear": 1.0,
+        "ease in": 0.05 + 0.95 * (1 - t / count),
+        "ease out": 0.05 + 0.95 * (t / count),
+        "ease in-out": 0.05 + 0.95 * (1 - abs(t - half) / half),
+        "reverse in-out": 0.05 + 0.95 * (abs(t - half) / half),
+    }[weight_type]
+
+
+def leading_factors(architecture, weight_type):
+    """{block: factor} the leading pack gives each block for a weight type."""
+    blocks = BLOCKS[architecture]
+    if weight_type in LEADING_TABLES:
+        table = LEADING_TABLES[weight_type][architecture]
+        return {block: table.get(i, 0.0) for i, block in enumerate(blocks)}
+    if weight_type.startswith(("weak", "strong middle")):
+        weak = {"weak input": {"input"}, "weak middle": {"middle"}, "weak output": {"output"}, "strong middle": {"input", "output"}}[weight_type]
+        return {block: 0.2 if block[0] in weak else 1.0 for block in blocks}
+    return {block: leading_ramp(weight_type, i, len(blocks)) for i, block in enumerate(blocks)}
+
+
+SHARED_NAMES = ["linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak middle", "weak output",
+                "strong middle", *LEADING_TABLES]
 
 
 @pytest.mark.parametrize("architecture", ["sd15", "sdxl"])
-def test_weight_type_curves(pack, architecture):
-    from comfyui_ipadapter.ipadapter_core.layer_weights import execution_order, layer_factors, regions
+@pytest.mark.parametrize("weight_type", SHARED_NAMES)
+def test_weight_type_selects_the_leading_packs_layers(pack, architecture, weight_type):
+    """Same name, same behaviour: every layer's factor equals the leading pack's for its block."""
+    from comfyui_ipadapter.ipadapter_core.layer_weights import layer_factors
 
     layers = layers_of(architecture)
-    order = [layer.key for layer in execution_order(layers)]
-    curve = lambda name: [layer_factors(layers, name)[key] for key in order]  # noqa: E731
-    assert curve("linear") == [1.0] * len(order)
-    ease_in, ease_out = curve("ease in"), curve("ease out")
-    assert ease_in[0] == pytest.approx(0.05) and ease_in[-1] == pytest.approx(1.0) and ease_in == sorted(ease_in)
-    assert ease_out == pytest.approx(ease_in[::-1])
-    in_out = curve("ease in-out")
-    assert max(in_out) == in_out[len(order) // 2] or max(in_out) == in_out[(len(order) - 1) // 2]
-    assert in_out[0] == pytest.approx(0.05) and curve("reverse in-out")[0] == pytest.approx(1.0)
-    region = regions(layers)
-    for name, weak_region in (("weak input", "input"), ("weak middle", "middle"), ("weak output", "output")):
-        factors = layer_factors(layers, name)
-        assert all(factors[key] == (0.2 if region[key] == weak_region else 1.0) for key in order)
-    strong = layer_factors(layers, "strong middle")
-    assert all(strong[key] == (1.0 if region[key] == "middle" else 0.2) for key in order)
+    assert {layer.key[:2] for layer in layers} == set(BLOCKS[architecture])
+    expected = leading_factors(architecture, weight_type)
+    factors = layer_factors(layers, weight_type)
+    assert factors == pytest.approx({layer.key: expected[layer.key[:2]] for layer in layers}, abs=1e-12)
+
+
+@pytest.mark.parametrize("architecture", ["sd15", "sdxl"])
+@pytest.mark.parametrize("weight_type", list(LEADING_COMPOSITION_HALF))
+def test_composition_half_matches_the_leading_pack(pack, architecture, weight_type):
+    from comfyui_ipadapter.ipadapter_core.layer_weights import composition_factors
+
+    layers = layers_of(architecture)
+    table = LEADING_COMPOSITION_HALF[weight_type][architecture]
+    expected = {block: table.get(i, 0.0) for i, block in enumerate(BLOCKS[architecture])}
+    assert composition_factors(layers, weight_type) == {layer.key: expected[layer.key[:2]] for layer in layers}
+
+
+def test_ease_in_is_strongest_at_the_first_input_block(pack):
+    """The direction users know from the leading pack: ease in starts at full weight, ease out ends near it."""
+    from comfyui_ipadapter.ipadapter_core.layer_weights import layer_factors
+
+    layers = layers_of("sd15")
+    ease_in, ease_out = layer_factors(layers, "ease in"), layer_factors(layers, "ease out")
+    assert ease_in[("input", 1, 0)] == 1.0 and ease_out[("input", 1, 0)] == pytest.approx(0.05)
+    assert ease_in[("output", 11, 0)] == pytest.approx(0.05 + 0.95 / 16) and ease_out[("output", 11, 0)] == pytest.approx(0.05 + 0.95 * 15 / 16)
 
 
 @pytest.mark.parametrize("architecture, style, composition", [
-    ("sd15", [("output", 4, 0)], [("input", 8, 0)]),
+    ("sd15", [("input", n, 0) for n in (1, 2, 4, 5)] + [("output", n, 0) for n in range(5, 12)], [("input", 7, 0), ("input", 8, 0)]),
     ("sdxl", [("output", 1, i) for i in range(10)], [("input", 8, i) for i in range(10)]),
 ])
 def test_style_and_composition_touch_exactly_the_instantstyle_layers(pack, architecture, style, composition):
@@ -293,45 +356,58 @@ def test_style_and_composition_touch_exactly_the_instantstyle_layers(pack, archi
         patched = apply(model, adapter, style_prompt, weight_type=weight_type, **options)
         return patched.model_options["transformer_options"]["patches_replace"]["attn2"]
 
-    assert sorted(patched_keys("style transfer")) == style
-    assert sorted(patched_keys("composition")) == composition
+    assert sorted(patched_keys("style transfer")) == sorted(style)
+    assert sorted(patched_keys("composition")) == sorted(composition)
     both = patched_keys("style and composition", composition_image_prompt=composition_prompt, composition_weight=0.5)
     assert sorted(both) == sorted(style + composition)
     assert all(torch.equal(both[key].branches[0].cond, style_prompt.cond) and both[key].branches[0].weight == 1.0 for key in style)
     assert all(torch.equal(both[key].branches[0].cond, composition_prompt.cond) and both[key].branches[0].weight == 0.5 for key in composition)
-    assert sorted(patched_keys("linear", layer_weights="all:0, style:1")) == style
+    assert sorted(patched_keys("linear", layer_weights="all:0, style:1")) == sorted(style)
 
 
 def test_weight_types_in_a_real_forward(comfy, tiny_model, adapters, prompt_a, monkeypatch):
-    """On the tiny UNet: the layers a weight type selects are exactly the ones whose patch ComfyUI calls."""
+    """On the tiny UNet, a layout without a leading-pack table, the InstantStyle blocks are derived from its
+    structure; the layers a weight type selects are exactly the ones whose patch ComfyUI calls."""
     from comfyui_ipadapter.nodes.attention_patch import ImagePromptAttention
 
     called = []
     original = ImagePromptAttention.__call__
     monkeypatch.setattr(ImagePromptAttention, "__call__", lambda self, *a: called.append(self.layer.key) or original(self, *a))
-    evaluate(comfy, apply(tiny_model, adapters["a"], prompt_a, weight_type="style transfer"))
-    assert set(called) == {("output", 1, 0)}
-    called.clear()
-    evaluate(comfy, apply(tiny_model, adapters["a"], prompt_a, weight_type="composition"))
-    assert set(called) == {("input", 1, 0)}
-    called.clear()
-    evaluate(comfy, apply(tiny_model, adapters["a"], prompt_a))
-    assert set(called) == {("input", 1, 0), ("middle", 0, 0), ("output", 0, 0), ("output", 1, 0)}
+    expected = {
+        "style transfer": {("output", 1, 0)},
+        "composition": {("input", 1, 0)},
+        "strong style transfer": {("middle", 0, 0), ("output", 0, 0), ("output", 1, 0)},
+        "linear": {("input", 1, 0), ("middle", 0, 0), ("output", 0, 0), ("output", 1, 0)},
+    }
+    for weight_type, keys in expected.items():
+        called.clear()
+        evaluate(comfy, apply(tiny_model, adapters["a"], prompt_a, weight_type=weight_type))
+        assert set(called) == keys, weight_type
 
 
 def test_weight_type_scales_each_layer(comfy, tiny_model, adapters, prompt_a):
-    """'weak middle' equals a free-form spec giving the same factors, and differs from linear.
-
-    (The tiny UNet has one width, so all its layers form the deepest stage, the 'middle' region.)"""
+    """'weak middle' equals a free-form spec giving the same factors, and differs from linear."""
     weak = evaluate(comfy, apply(tiny_model, adapters["a"], prompt_a, weight_type="weak middle"))
     spec = evaluate(comfy, apply(tiny_model, adapters["a"], prompt_a, layer_weights="middle: 0.2"))
     assert torch.equal(weak, spec)
     assert relative_error(weak, evaluate(comfy, apply(tiny_model, adapters["a"], prompt_a))) > 1e-4
 
 
+def test_block_numbers_select_the_leading_packs_layers(pack):
+    """'6: 1' is the leading pack's layer_weights syntax: block 6 in execution order (the SD1.5 middle block)."""
+    from comfyui_ipadapter.ipadapter_core.layer_weights import apply_layer_spec, layer_factors
+
+    for architecture in ("sd15", "sdxl"):
+        layers = layers_of(architecture)
+        factors = apply_layer_spec(layer_factors(layers, "linear"), layers, "all: 0, 3: 0.5, 6: 1")
+        chosen = {key[:2]: value for key, value in factors.items() if value}
+        assert chosen == {BLOCKS[architecture][3]: 0.5, BLOCKS[architecture][6]: 1.0}
+
+
 @pytest.mark.parametrize("spec, message", [
     ("output 4 = 1", "Cannot read layer weight"),
-    ("input 3: 1", "selects no cross-attention layer of this model; its blocks are: input 1, middle 0, output 0, output 1"),
+    ("input 3: 1", "selects no cross-attention layer of this model; its blocks are: 0 = input 1, 1 = middle 0, 2 = output 0, 3 = output 1"),
+    ("4: 1", "selects no cross-attention layer"),
     ("sideways: 2", "Cannot read layer weight"),
 ])
 def test_bad_layer_weight_specs(tiny_model, adapters, prompt_a, spec, message):
