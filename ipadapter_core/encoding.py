@@ -163,17 +163,25 @@ def encode_image_prompt(
         negative = encode(black.to(features.device)).expand(count, *features.shape[1:])
     else:
         negative = encode(torch.zeros(1, 3, size, size, device=features.device)).expand(count, *features.shape[1:])
-    cond, uncond = combine_features(features, combine, weights), combine_features(negative, combine, weights)
-    if spec.timestep_conditioned:
-        cond, uncond = cond.float().cpu().contiguous(), uncond.float().cpu().contiguous()
+    reference_weights = tuple(weights) if weights is not None and combine == "concat" else None
+    return build_prompt(adapter, combine_features(features, combine, weights), combine_features(negative, combine, weights), reference_weights)
+
+
+def build_prompt(
+    adapter: IPAdapterModel, features: torch.Tensor, negative: torch.Tensor, reference_weights: tuple[float, ...] | None = None
+) -> ImagePrompt:
+    """Conditional and unconditional encoder features (one row per reference) as an ImagePrompt: projected
+    into tokens, or kept as features for timestep-conditioned adapters (projected at every sampling step)."""
+    if adapter.spec.timestep_conditioned:
+        cond, uncond = features.float().cpu().contiguous(), negative.float().cpu().contiguous()
     else:
-        cond, uncond = adapter.project(cond).cpu(), adapter.project(uncond).cpu()
+        cond, uncond = adapter.project(features).cpu(), adapter.project(negative).cpu()
     return ImagePrompt(
         cond=cond,
         uncond=uncond,
         adapter_identity=adapter.identity,
-        adapter_description=spec.description,
-        reference_weights=tuple(weights) if weights is not None and combine == "concat" else None,
+        adapter_description=adapter.spec.description,
+        reference_weights=reference_weights,
     )
 
 

@@ -4,6 +4,9 @@ The default unconditional tokens come from a zero embedding or a black image, so
 results toward "anything but black". With a degraded copy of the reference (noised, blurred or
 pixel-shuffled) as the negative, CFG pushes away from that degradation instead, while the
 reference's colours and composition stay on both sides; flat grey is the neutral choice.
+dissolve and gaussian are the leading pack's (ComfyUI_IPAdapter_plus) IPAdapterNoise types of
+those names: random values replacing a `strength` share of the pixel values, and Gaussian noise
+of standard deviation `strength` added to the image.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from .errors import IPAdapterError
 from .preprocess import to_rgb
 from .reference_prep import gaussian_blur
 
-NEGATIVE_KINDS = ("noise", "blur", "shuffle", "gray")
+NEGATIVE_KINDS = ("noise", "blur", "shuffle", "gray", "dissolve", "gaussian")
 BLUR_FRACTION = 1 / 16  # blur sigma as a fraction of the short side: shapes survive, details do not
 
 
@@ -30,6 +33,11 @@ def negative_image(image: torch.Tensor, kind: str = "noise", strength: float = 1
         raise IPAdapterError(f"strength is {strength}; it must be between 0 and 1.")
     image = to_rgb(image)
     generator = torch.Generator().manual_seed(seed)
+    if kind == "dissolve":
+        replaced = torch.rand(image.shape, generator=generator) < strength
+        return torch.where(replaced.to(image.device), torch.rand(image.shape, generator=generator).to(image.device), image)
+    if kind == "gaussian":
+        return (image + torch.randn(image.shape, generator=generator).to(image.device) * strength).clamp(0, 1)
     if kind == "noise":
         target = torch.rand(image.shape, generator=generator).to(image.device)
     elif kind == "blur":

@@ -47,9 +47,14 @@ def prepare_reference(
         pixels = letterbox(pixels, size, interpolation)
     else:
         pixels = resize(square_crop(pixels, crop_position), (size, size), interpolation)
-    if sharpening > 0:
-        pixels = pixels + sharpening * (pixels - gaussian_blur(pixels, SHARPEN_SIGMA))
-    return pixels.clamp(0, 1).movedim(1, -1)
+    return sharpen(pixels, sharpening).clamp(0, 1).movedim(1, -1)
+
+
+def sharpen(pixels: torch.Tensor, amount: float) -> torch.Tensor:
+    """Unsharp mask on (B, C, H, W): restores the fine detail downscaling blurs. 0 changes nothing."""
+    if amount <= 0:
+        return pixels
+    return pixels + amount * (pixels - gaussian_blur(pixels, SHARPEN_SIGMA))
 
 
 def square_crop(pixels: torch.Tensor, position: str) -> torch.Tensor:

@@ -21,12 +21,15 @@ class MakeNegativeImage(io.ComfyNode):
                 io.Image.Input("image", tooltip="The reference image(s); sets the size and batch, and is what blur and shuffle start from."),
                 io.Combo.Input(
                     "kind", options=list(NEGATIVE_KINDS), default="noise",
-                    tooltip="noise: random pixels. blur: heavy Gaussian blur. shuffle: the image's pixels in random order. gray: flat 0.5.",
+                    tooltip=(
+                        "noise: random pixels. blur: heavy Gaussian blur. shuffle: the image's pixels in random order. gray: flat 0.5. "
+                        "dissolve: a strength share of the values replaced by random ones. gaussian: Gaussian noise of deviation strength added."
+                    ),
                 ),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="How far to blend from the image toward the chosen kind. 0 returns the image."),
                 io.Int.Input(
                     "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                    tooltip="Seed for noise and shuffle; the same seed gives the same image.",
+                    tooltip="Seed for the random kinds; the same seed gives the same image.",
                 ),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="RGB images of the input's size and batch.")],

@@ -1,0 +1,341 @@
+"""One rule per leading-pack node: which of this pack's nodes replace it, with the same effect.
+
+RULES maps a leading node id to a function of its NodeView returning a Plan; a node without a
+rule, or whose rule raises Unconvertible, stays in place and is reported. Adding a node (the
+FaceID family once this pack has FaceID nodes) is one entry in RULES plus, if needed, a rule
+built from the helpers below.
+
+Values are mapped to the same behaviour, not just the same names: the leading pack's weight
+types select the same layers here (ipadapter_core/layer_weights.py), its layer_weights numbers
+are the same attention blocks, its presets become a preset resolved from the files' weights,
+and its per-frame weight lists become a weight schedule with the values it would have computed.
+Where this pack computes something slightly differently, the plan carries a note for the report.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .ours import AUTO
+from .plan import ClipVisionOf, Internal, NodeView, Plan, Ref, Target, Unconvertible, Upstream
+
+SAME_WEIGHT_TYPES = (
+    "linear", "ease in", "ease out", "ease in-out", "reverse in-out", "weak input", "weak output", "weak middle", "strong middle",
+    "style transfer", "composition", "strong style transfer", "style and composition",
+)
+PRESETS = (  # the leading preset's first words -> ours (that pack matches them the same way)
+    ("light", "light"), ("standard", "standard"), ("vit-g", "vit-G"), ("plus face", "plus face"), ("plus", "plus"), ("full face", "full face"),
+)
+SAME_LAYOUT = {"light": "standard", "standard": "light", "plus": "plus face", "plus face": "plus"}
+SIMPLE_WEIGHT_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
+NOISE_KINDS = {"fade": "noise", "dissolve": "dissolve", "gaussian": "gaussian", "shuffle": "shuffle"}
+INTERPOLATIONS = {"LANCZOS": "bicubic", "BICUBIC": "bicubic", "HAMMING": "bilinear", "BILINEAR": "bilinear", "BOX": "area", "NEAREST": "nearest"}
+# Nodes whose `weight` input takes the per-frame list of IPAdapter Weights (the others use its first value only).
+FRAME_WEIGHT_CONSUMERS = {("IPAdapterBatch", "weight"), ("IPAdapterEmbedsBatch", "weight")}
+
+FACEID = "FaceID adapters are not supported by this pack yet; keep this node, or use a plus-face or full-face adapter"
+REASONS = {
+    "IPAdapterFaceID": FACEID, "IPAdapterFaceIDKolors": FACEID, "IPAAdapterFaceIDBatch": FACEID, "IPAdapterUnifiedLoaderFaceID": FACEID,
+    "IPAdapterInsightFaceLoader": FACEID,
+    "IPAdapterUnifiedLoaderCommunity": "the community presets (Composition, Kolors) have no equivalent here",
+    "IPAdapterClipVisionEnhancer": "the ClipVision enhancer has no equivalent here", "IPAdapterClipVisionEnhancerBatch": "the ClipVision enhancer has no equivalent here",
+    "IPAdapterPreciseStyleTransfer": "the 'precise' weight types have no equivalent here",
+    "IPAdapterPreciseStyleTransferBatch": "the 'precise' weight types have no equivalent here",
+    "IPAdapterPreciseComposition": "the 'precise' weight types have no equivalent here",
+    "IPAdapterPreciseCompositionBatch": "the 'precise' weight types have no equivalent here",
+    "IPAdapterFromParams": "IPADAPTER_PARAMS have no equivalent; use attn_mask on Apply IP-Adapter for regions",
+    "IPAdapterRegionalConditioning": "IPADAPTER_PARAMS have no equivalent; use attn_mask on Apply IP-Adapter for regions",
+    "IPAdapterCombineParams": "IPADAPTER_PARAMS have no equivalent; use attn_mask on Apply IP-Adapter for regions",
+    "IPAdapterWeightsFromStrategy": "weight strategies have no equivalent; use IP-Adapter Weight Schedule",
+    "IPAdapterPromptScheduleFromWeightsStrategy": "weight strategies have no equivalent; use IP-Adapter Weight Schedule",
+    "IPAdapterCombineWeights": "weight lists have no equivalent; use IP-Adapter Weight Schedule's custom values",
+}
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def weight_type(view: NodeView, name: str = "weight_type") -> str:
+    value = view.static(name)
+    if value not in SAME_WEIGHT_TYPES:
+        raise Unconvertible(f"weight_type {value!r} has no equivalent here")
+    return value
+
+
+def clip_vision(view: NodeView, required: bool = True) -> Ref:
+    """The node's own clip_vision link, else the one the pipeline of its ipadapter carried."""
+    if "clip_vision" in (i.name for i in view.spec.inputs) and view.linked("clip_vision"):
+        return Upstream("clip_vision")
+    return ClipVisionOf("ipadapter", required)
+
+
+def linked_inputs(view: NodeView, names: dict[str, str]) -> dict[str, Ref]:
+    """{ours: Upstream(theirs)} for the optional inputs that are connected."""
+    return {ours: Upstream(theirs) for theirs, ours in names.items() if view.linked(theirs)}
+
+
+def combine_method(view: NodeView, name: str, notes: list[str]) -> str:
+    method = view.static(name)
+    if method == "norm average":
+        notes.append("norm average scales each reference's embedding to unit length; the leading pack normalised across references instead")
+    return method
+
+
+def encode(view: NodeView, image: str, combine: str) -> Target:
+    inputs = {"ipadapter": Upstream("ipadapter"), "clip_vision": clip_vision(view), "image": Upstream(image)}
+    inputs.update(linked_inputs(view, {"image_negative": "negative_image"}))
+    return Target("ExactEncodeImagePrompt", {"combine": combine, "image_weights": "", "crop": "center"}, inputs)
+
+
+def weight_input(view: NodeView, name: str, unfold: bool, plan_needs: set) -> tuple[dict, dict]:
+    """(widgets, inputs) for a weight: a number, a linked number, or the frame list of IPAdapter Weights."""
+    source = view.source(name)
+    if source is not None and source[1] == "IPAdapterWeights":
+        if not unfold:
+            raise Unconvertible(f"its {name} comes from IPAdapter Weights, of which this node uses only the first value")
+        plan_needs.add(source[0])
+        return {"weight": 1.0}, {"weight_schedule": Upstream(name)}
+    return {"weight": view.value(name)}, {}
+
+
+def apply(view: NodeView, prompt: Ref, weight_type_value: str, unfold: bool, needs: set, weight_name: str = "weight", **widgets) -> Target:
+    weight_widgets, weight_links = weight_input(view, weight_name, unfold, needs)
+    values = {
+        **weight_widgets, "start_at": view.value("start_at"), "end_at": view.value("end_at"), "weight_type": weight_type_value,
+        "embeds_scaling": view.value("embeds_scaling") if "embeds_scaling" in (w.name for w in view.spec.widgets()) else "V only",
+        "unfold_batch": unfold, "composition_weight": 1.0, "layer_weights": "", **widgets,
+    }
+    inputs = {"model": Upstream("model"), "ipadapter": Upstream("ipadapter"), "image_prompt": prompt, **weight_links}
+    inputs.update(linked_inputs(view, {"attn_mask": "attn_mask"}))
+    return Target("ExactApplyIPAdapter", values, inputs)
+
+
+def encode_and_apply(view: NodeView, unfold: bool, weight_type_value: str, combine: str, notes: list[str], **widgets) -> Plan:
+    needs: set = set()
+    targets = [apply(view, Internal(1, 0), weight_type_value, unfold, needs, **widgets), encode(view, "image", combine)]
+    return Plan(targets, {0: (0, 0)}, notes, needs_converted=needs)
+
+
+# --- rules -----------------------------------------------------------------------------------------
+
+
+def unified_loader(view: NodeView) -> Plan:
+    given = str(view.static("preset")).lower()
+    preset = next((ours for prefix, ours in PRESETS if given.startswith(prefix)), None)
+    if preset is None:
+        raise Unconvertible(f"preset {given!r} has no equivalent here")
+    notes = []
+    if preset in SAME_LAYOUT:
+        notes.append(f"'{preset}' and '{SAME_LAYOUT[preset]}' adapters have the same weight layout; if models/ipadapter holds both, "
+                     "choose the file in ipadapter_file")
+    if view.linked("ipadapter"):
+        notes.append("its ipadapter input only shared models already loaded by another loader; not needed here")
+    target = Target("ExactLoadIPAdapterPreset", {"preset": preset, "ipadapter_file": AUTO}, {"model": Upstream("model")})
+    return Plan([target], {0: (0, 0), 1: (0, 1)}, notes, clip_vision=(0, 2))
+
+
+def model_loader(view: NodeView) -> Plan:
+    return Plan([Target("ExactLoadIPAdapter", {"ipadapter_file": view.static("ipadapter_file")})], {0: (0, 0)})
+
+
+def simple(view: NodeView) -> Plan:
+    value = view.static("weight_type")
+    if value not in SIMPLE_WEIGHT_TYPES:
+        raise Unconvertible(f"weight_type {value!r} has no equivalent here")
+    return encode_and_apply(view, False, SIMPLE_WEIGHT_TYPES[value], "concat", [])
+
+
+def advanced(unfold: bool):
+    def rule(view: NodeView) -> Plan:
+        notes: list[str] = []
+        combine = combine_method(view, "combine_embeds", notes) if not unfold else "concat"
+        return encode_and_apply(view, unfold, weight_type(view), combine, notes)
+
+    return rule
+
+
+LAYER_WEIGHT = re.compile(r"^\s*(\d+)\s*:\s*([-+0-9.eE]+)\s*$")
+
+
+def mad_scientist(view: NodeView) -> Plan:
+    if view.linked("insightface"):
+        raise Unconvertible(FACEID)
+    notes: list[str] = []
+    chosen_type = weight_type(view)
+    spec = str(view.static("layer_weights")).strip()
+    extra = {}
+    if spec:
+        pairs = []
+        for item in filter(str.strip, spec.split(",")):
+            match = LAYER_WEIGHT.match(item)
+            try:
+                pairs.append((int(match.group(1)), float(match.group(2))))
+            except (AttributeError, ValueError):
+                raise Unconvertible(f"layer_weights {spec!r} is not a list of 'block: value' pairs") from None
+        chosen_type = "linear"  # as the leading pack does when layer_weights is set; unlisted blocks get 0
+        extra["layer_weights"] = "all: 0, " + ", ".join(f"{block}: {value!r}" for block, value in pairs)
+    return encode_and_apply(view, False, chosen_type, combine_method(view, "combine_embeds", notes), notes, **extra)
+
+
+def style_composition(unfold: bool):
+    def rule(view: NodeView) -> Plan:
+        notes: list[str] = []
+        combine = combine_method(view, "combine_embeds", notes) if not unfold else "concat"
+        kind = "strong style and composition" if view.static("expand_style") else "style and composition"
+        needs: set = set()
+        target = apply(view, Internal(1, 0), kind, unfold, needs, weight_name="weight_style",
+                       composition_weight=view.value("weight_composition"))
+        target.inputs["composition_image_prompt"] = Internal(2, 0)
+        return Plan([target, encode(view, "image_style", combine), encode(view, "image_composition", combine)], {0: (0, 0)}, notes,
+                    needs_converted=needs)
+
+    return rule
+
+
+def embeds(unfold: bool):
+    def rule(view: NodeView) -> Plan:
+        needs: set = set()
+        project_inputs = {"ipadapter": Upstream("ipadapter"), "embeds": Upstream("pos_embed"), "clip_vision": clip_vision(view, required=False)}
+        project_inputs.update(linked_inputs(view, {"neg_embed": "negative_embeds"}))
+        targets = [apply(view, Internal(1, 0), weight_type(view), unfold, needs), Target("ExactProjectClipEmbeds", {}, project_inputs)]
+        return Plan(targets, {0: (0, 0)}, needs_converted=needs)
+
+    return rule
+
+
+def tiled(unfold: bool):
+    def rule(view: NodeView) -> Plan:
+        notes = ["tiles are resampled with antialiased bicubic (Lanczos there), so their pixels differ slightly"]
+        if view.static("sharpening"):
+            notes.append("sharpening uses this pack's unsharp mask instead of contrast-adaptive sharpening")
+        combine = combine_method(view, "combine_embeds", notes) if not unfold else "concat"
+        widgets = {
+            "weight": view.value("weight"), "weight_type": weight_type(view), "combine": combine, "start_at": view.value("start_at"),
+            "end_at": view.value("end_at"), "sharpening": view.value("sharpening"), "embeds_scaling": view.value("embeds_scaling"),
+            "unfold_batch": unfold,
+        }
+        inputs = {"model": Upstream("model"), "ipadapter": Upstream("ipadapter"), "clip_vision": clip_vision(view), "image": Upstream("image")}
+        inputs.update(linked_inputs(view, {"image_negative": "negative_image", "attn_mask": "attn_mask"}))
+        return Plan([Target("ExactIPAdapterTiled", widgets, inputs)], {0: (0, 0), 1: (0, 1), 2: (0, 2)}, notes)
+
+    return rule
+
+
+def encoder(view: NodeView) -> Plan:
+    inputs = {"ipadapter": Upstream("ipadapter"), "clip_vision": clip_vision(view), "image": Upstream("image")}
+    inputs.update(linked_inputs(view, {"mask": "mask"}))
+    return Plan([Target("ExactEncodeClipEmbeds", {"weight": view.value("weight")}, inputs)], {0: (0, 0), 1: (0, 1)})
+
+
+def combine_embeds(view: NodeView) -> Plan:
+    notes: list[str] = []
+    method = combine_method(view, "method", notes)
+    inputs = {"embeds_1": Upstream("embed1"), **linked_inputs(view, {f"embed{i}": f"embeds_{i}" for i in range(2, 6)})}
+    return Plan([Target("ExactCombineClipEmbeds", {"method": method}, inputs)], {0: (0, 0)}, notes)
+
+
+def save_embeds(view: NodeView) -> Plan:
+    return Plan([Target("ExactSaveClipEmbeds", {"filename_prefix": view.value("filename_prefix")}, {"embeds": Upstream("embeds")})], {})
+
+
+def load_embeds(view: NodeView) -> Plan:
+    return Plan([Target("ExactLoadClipEmbeds", {"embeds_file": view.static("embeds")})], {0: (0, 0)})
+
+
+def noise(view: NodeView) -> Plan:
+    if not view.linked("image_optional"):
+        raise Unconvertible("without image_optional it draws noise on a black 224x224 image; connect the reference to it first")
+    if view.static("blur"):
+        raise Unconvertible("its blur has no equivalent here; set blur to 0 first")
+    kind = NOISE_KINDS[view.static("type")]
+    notes = ["the random values differ (the leading pack seeds with the image's pixel sum, here with seed 0)"]
+    if kind == "shuffle":
+        notes.append("shuffle moves the image's pixels at random instead of an elastic warp with flips")
+    widgets = {"kind": kind, "strength": view.value("strength"), "seed": 0}
+    return Plan([Target("ExactMakeNegativeImage", widgets, {"image": Upstream("image_optional")})], {0: (0, 0)}, notes)
+
+
+def prep_image(view: NodeView) -> Plan:
+    notes = []
+    interpolation = view.static("interpolation")
+    if interpolation in ("LANCZOS", "HAMMING"):
+        notes.append(f"{interpolation} resampling becomes {INTERPOLATIONS[interpolation]}")
+    if view.static("crop_position") == "pad":
+        notes.append("pad letterboxes with mid-grey bars (black there)")
+    if view.static("sharpening"):
+        notes.append("sharpening uses this pack's unsharp mask instead of contrast-adaptive sharpening")
+    widgets = {"interpolation": INTERPOLATIONS[interpolation], "crop_position": view.static("crop_position"),
+               "sharpening": view.value("sharpening"), "size": 224}
+    return Plan([Target("ExactPrepareImageForClip", widgets, {"image": Upstream("image")})], {0: (0, 0)}, notes)
+
+
+def frame_weights(view: NodeView) -> Plan:
+    for slot, (name, _) in enumerate(view.spec.outputs):
+        if slot and view.consumers(slot):
+            raise Unconvertible(f"its {name} output has no equivalent here")
+    if view.linked("image"):
+        raise Unconvertible("with an image it also builds cross-fade image batches, which have no equivalent here")
+    consumers = view.consumers(0)
+    for _, kind, name in consumers:
+        if (kind, name) not in FRAME_WEIGHT_CONSUMERS:
+            raise Unconvertible(f"its weights go to {kind}.{name}; only the Batch nodes' weight input takes a schedule here")
+    values = leading_frame_weights(
+        str(view.static("weights")), view.static("timing"), int(view.static("frames")), int(view.static("start_frame")), int(view.static("end_frame"))
+    )
+    widgets = {"frames": len(values), "start": values[0], "end": values[-1], "method": "linear", "custom": ", ".join(f"{v:.10g}" for v in values)}
+    return Plan([Target("ExactIPAdapterWeightSchedule", widgets)], {0: (0, 0)}, needs_converted={node for node, _, _ in consumers})
+
+
+TIMINGS = {
+    "linear": lambda t: t,
+    "ease_in_out": lambda t: (1 - math.cos(t * math.pi)) / 2,
+    "ease_in": lambda t: math.sin(t * math.pi / 2),
+    "ease_out": lambda t: 1 - math.cos(t * math.pi / 2),
+}
+
+
+def leading_frame_weights(text: str, timing: str, frames: int, start_frame: int, end_frame: int) -> list[float]:
+    """The per-frame values IPAdapter Weights computes (without an image): its curve from the first
+    to the last value given, held before start_frame and after end_frame; or the values as given."""
+    try:
+        given = [float(part) for part in text.replace("\n", ",").split(",") if part.strip()]
+    except ValueError as error:
+        raise Unconvertible(f"weights {text!r} are not numbers") from error
+    if timing == "custom":
+        return given or [0.0]
+    if timing not in TIMINGS:
+        raise Unconvertible(f"timing {timing!r} gives different values on every run")
+    frames = max(frames, 2)
+    start, end = (given[0], given[-1]) if given else (0.0, 1.0)
+    end_frame = min(end_frame, frames)
+    duration = end_frame - start_frame
+    if duration < 2:
+        raise Unconvertible(f"start_frame {start_frame} and end_frame {end_frame} leave fewer than 2 frames for the curve")
+    curve = TIMINGS[timing]
+    values = [start] * start_frame + [start + (end - start) * curve(i / (duration - 1)) for i in range(duration)]
+    values[-1] = end
+    return values + [end] * (frames - end_frame)
+
+
+RULES = {
+    "IPAdapterUnifiedLoader": unified_loader,
+    "IPAdapterModelLoader": model_loader,
+    "IPAdapter": simple,
+    "IPAdapterAdvanced": advanced(unfold=False),
+    "IPAdapterBatch": advanced(unfold=True),
+    "IPAdapterMS": mad_scientist,
+    "IPAdapterStyleComposition": style_composition(unfold=False),
+    "IPAdapterStyleCompositionBatch": style_composition(unfold=True),
+    "IPAdapterEmbeds": embeds(unfold=False),
+    "IPAdapterEmbedsBatch": embeds(unfold=True),
+    "IPAdapterTiled": tiled(unfold=False),
+    "IPAdapterTiledBatch": tiled(unfold=True),
+    "IPAdapterEncoder": encoder,
+    "IPAdapterCombineEmbeds": combine_embeds,
+    "IPAdapterSaveEmbeds": save_embeds,
+    "IPAdapterLoadEmbeds": load_embeds,
+    "IPAdapterNoise": noise,
+    "PrepImageForClipVision": prep_image,
+    "IPAdapterWeights": frame_weights,
+}

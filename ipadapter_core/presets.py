@@ -1,0 +1,148 @@
+"""Adapter presets (light, standard, plus, ...) resolved by reading the files' weights, not their names.
+
+A preset names a kind of adapter: its projection network and the CLIP encoder it reads. Which
+file of models/ipadapter is that kind, and fits the model being patched (SD1.5 or SDXL layers),
+is decided from key names and tensor shapes only, so renamed files are found and a misnamed one
+is never loaded. Two pairs of official adapters have identical layouts and differ only in their
+trained values: light and standard (SD1.5 base, ViT-H), plus and plus face. Weights cannot tell
+those apart, so when several files fit, the choice is the user's (the node's ipadapter_file).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .checkpoint import SAFETENSORS_SUFFIXES, split_adapter_weights
+from .errors import IPAdapterError
+from .layer_map import CrossAttentionLayer, family_of
+from .variants import AdapterSpec, detect_variant
+
+VIT_H, VIT_BIGG = "CLIP ViT-H/14", "CLIP ViT-bigG/14"
+
+
+@dataclass(frozen=True)
+class Preset:
+    projection: str  # as AdapterSpec.projection
+    encoder: str  # as AdapterSpec.encoder_name
+    families: tuple[str, ...]  # model families it exists for
+    downloads: tuple[tuple[str, str], ...]  # (family, official file name): a download hint, never used to choose
+
+    def matches(self, spec: AdapterSpec) -> bool:
+        return spec.projection == self.projection and spec.encoder_name == self.encoder
+
+
+PRESETS = {
+    "light": Preset("linear", VIT_H, ("SD1.5",), (("SD1.5", "ip-adapter_sd15_light_v11.bin"),)),
+    "standard": Preset("linear", VIT_H, ("SD1.5", "SDXL"), (("SD1.5", "ip-adapter_sd15.safetensors"), ("SDXL", "ip-adapter_sdxl_vit-h.safetensors"))),
+    "vit-G": Preset("linear", VIT_BIGG, ("SD1.5", "SDXL"), (("SD1.5", "ip-adapter_sd15_vit-G.safetensors"), ("SDXL", "ip-adapter_sdxl.safetensors"))),
+    "plus": Preset("resampler", VIT_H, ("SD1.5", "SDXL"), (("SD1.5", "ip-adapter-plus_sd15.safetensors"), ("SDXL", "ip-adapter-plus_sdxl_vit-h.safetensors"))),
+    "plus face": Preset("resampler", VIT_H, ("SD1.5", "SDXL"),
+                        (("SD1.5", "ip-adapter-plus-face_sd15.safetensors"), ("SDXL", "ip-adapter-plus-face_sdxl_vit-h.safetensors"))),
+    "full face": Preset("mlp", VIT_H, ("SD1.5",), (("SD1.5", "ip-adapter-full-face_sd15.safetensors"),)),
+}
+
+
+def fits_model(spec: AdapterSpec, layers: Sequence[CrossAttentionLayer]) -> bool:
+    """Whether the adapter's layers line up with the model's (what match_adapter would accept)."""
+    return {layer.context_dim for layer in layers} == {spec.cross_attention_dim} and {
+        layer.processor_index: layer.inner_dim for layer in layers
+    } == dict(spec.layer_dims)
+
+
+def read_adapter_spec(path: str | Path) -> AdapterSpec | None:
+    """The adapter a file holds, read from its key names and shapes; None if it is not a supported adapter.
+
+    Cached until the file's size or mtime changes, so scanning the folder again is free.
+    """
+    path = Path(path)
+    stat = path.stat()
+    return cached_spec(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def cached_spec(path: str, size: int, mtime_ns: int) -> AdapterSpec | None:
+    try:
+        shapes = read_adapter_shapes(Path(path))
+        weights = split_adapter_weights(meta_tensors(shapes), source=Path(path).name)
+        return detect_variant(weights)
+    except IPAdapterError as error:
+        logging.info("IP-Adapter presets: %s is not a supported adapter (%s)", Path(path).name, str(error)[:200])
+        return None
+
+
+def read_adapter_shapes(path: Path) -> dict:
+    """Key -> shape (nested like the file) without reading tensor data: the safetensors header or a memory-mapped pickle."""
+    try:
+        if path.suffix in SAFETENSORS_SUFFIXES:
+            with safe_open(str(path), framework="pt", device="cpu") as file:
+                return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # pickles saved before torch's zip format cannot be memory-mapped
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  one unreadable file must not stop the scan
+        raise IPAdapterError(f"not readable as plain weights ({str(error).strip()[:200]})") from error
+    return shapes_of(state)
+
+
+def shapes_of(state: object) -> object:
+    if isinstance(state, torch.Tensor):
+        return tuple(state.shape)
+    if isinstance(state, dict):
+        return {key: shapes_of(value) for key, value in state.items()}
+    return state
+
+
+def meta_tensors(shapes: object) -> object:
+    if isinstance(shapes, tuple):
+        return torch.empty(shapes, device="meta")
+    if isinstance(shapes, dict):
+        return {key: meta_tensors(value) for key, value in shapes.items()}
+    return shapes
+
+
+def find_preset_adapter(preset: str, layers: Sequence[CrossAttentionLayer], files: Iterable[str | Path]) -> Path:
+    """The one file among `files` that is the preset's kind of adapter and fits the model's layers.
+
+    Raises IPAdapterError naming what to download when none fits, and listing the candidates
+    when several do (their layouts are identical; the user picks one).
+    """
+    if preset not in PRESETS:
+        raise IPAdapterError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    kind = PRESETS[preset]
+    family = family_of({layer.context_dim for layer in layers})
+    if family not in kind.families:
+        raise IPAdapterError(
+            f"There is no {preset} IP-Adapter for {family} models ({preset} exists for {', '.join(kind.families)}); choose another preset."
+        )
+    fitting, seen = [], []
+    for path in map(Path, files):
+        spec = read_adapter_spec(path)
+        if spec is None:
+            continue
+        seen.append(f"{path.name} ({spec.description})")
+        if kind.matches(spec) and fits_model(spec, layers):
+            fitting.append(path)
+    if len(fitting) == 1:
+        return fitting[0]
+    if not fitting:
+        download = dict(kind.downloads).get(family, "the matching adapter")
+        found = f" Found there: {'; '.join(seen)}." if seen else " No IP-Adapter was found there."
+        raise IPAdapterError(
+            f"No IP-Adapter in models/ipadapter is a {preset} adapter for this {family} model ({kind.projection} projection reading "
+            f"{kind.encoder}). Download {download} from h94/IP-Adapter into models/ipadapter.{found}"
+        )
+    twins = [name for name, other in PRESETS.items() if other != kind and other.projection == kind.projection and other.encoder == kind.encoder]
+    raise IPAdapterError(
+        f"{len(fitting)} files in models/ipadapter fit preset {preset!r} for this {family} model: "
+        f"{', '.join(p.name for p in sorted(fitting))}. Their weights have the same layout"
+        + (f" ({preset} and {' / '.join(twins)} cannot be told apart from weights)" if twins else "")
+        + "; choose the file in this node's ipadapter_file."
+    )
