@@ -25,6 +25,7 @@ from .layer_map import CrossAttentionLayer, family_of
 from .variants import AdapterSpec, detect_variant
 
 VIT_H, VIT_BIGG = "CLIP ViT-H/14", "CLIP ViT-bigG/14"
+AUTO = "auto"  # the ipadapter_file choice that lets the weights decide
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ IPADAPTER = "EXACT_IPADAPTER"
 IMAGE_PROMPT = "EXACT_IMAGE_PROMPT"
 WEIGHT_SCHEDULE = "EXACT_IPADAPTER_WEIGHTS"
 INSIGHTFACE = "EXACT_INSIGHTFACE"  # the leading pack registers INSIGHTFACE, the host FACE_ANALYSIS
+CLIP_EMBEDS = "EXACT_CLIP_EMBEDS"  # CLIP image features before the adapter's projection (the leading pack's EMBEDS)
 
 # The V3 types for those names: `IPAdapterSocket.Input(...)`, `IPAdapterSocket.Output(...)`.
 IPAdapterSocket = io.Custom(IPADAPTER)
 ImagePromptSocket = io.Custom(IMAGE_PROMPT)
 WeightScheduleSocket = io.Custom(WEIGHT_SCHEDULE)
 InsightFaceSocket = io.Custom(INSIGHTFACE)
+ClipEmbedsSocket = io.Custom(CLIP_EMBEDS)

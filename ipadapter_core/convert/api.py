@@ -11,7 +11,7 @@ from typing import Any
 
 from .graph import Graph, Source, origin_of, split_target
 from .leading import LEADING_NODES
-from .ours import OUR_NODES
+from .ours import DISPLAY_NAMES, OUR_NODES
 from .plan import Plan, Upstream
 
 
@@ -90,6 +90,8 @@ class APIGraph(Graph):
                     if origin is not None:
                         inputs[name] = list(origin)
                 entry = {"inputs": {k: v for k, v in inputs.items() if v is not None}, "class_type": target.type}
-                if index == 0 and "_meta" in original:
-                    entry["_meta"] = original["_meta"]
+                title = original.get("_meta", {}).get("title")
+                if index > 0 or title in (None, LEADING_NODES[original["class_type"]].display_name):
+                    title = DISPLAY_NAMES[target.type]  # not renamed by the user: the frontend's title for our node
+                entry["_meta"] = {**original.get("_meta", {}), "title": title} if index == 0 else {"title": title}
                 self.workflow[target_ids[node_id][index]] = entry

@@ -12,13 +12,12 @@ from ..encoding import COMBINE_METHODS, CROP_MODES
 from ..image_branch import SCALING_MODES
 from ..layer_weights import WEIGHT_TYPES
 from ..negatives import NEGATIVE_KINDS
-from ..presets import PRESETS
+from ..presets import AUTO, PRESETS
 from ..reference_prep import CROP_POSITIONS, INTERPOLATIONS
 from ..schedules import SCHEDULE_METHODS
 from .specs import NodeSpec, boolean, combo, link, number, text
 
 IPADAPTER, IMAGE_PROMPT, WEIGHT_SCHEDULE, CLIP_EMBEDS = "EXACT_IPADAPTER", "EXACT_IMAGE_PROMPT", "EXACT_IPADAPTER_WEIGHTS", "EXACT_CLIP_EMBEDS"
-AUTO = "auto"  # the preset loader's ipadapter_file value that lets the weights decide
 
 OUR_NODES: dict[str, NodeSpec] = {
     "ExactLoadIPAdapter": NodeSpec((combo("ipadapter_file"),), (("ipadapter", IPADAPTER),)),
@@ -80,4 +79,21 @@ OUR_NODES: dict[str, NodeSpec] = {
          link("attn_mask", "MASK", optional=True), boolean("unfold_batch", False, optional=True)),
         (("model", "MODEL"), ("tiles", "IMAGE"), ("masks", "MASK")),
     ),
+}
+
+# The titles the frontend shows (and puts in a queued prompt's _meta) for nodes without a custom title.
+DISPLAY_NAMES = {
+    "ExactLoadIPAdapter": "Load IP-Adapter",
+    "ExactLoadIPAdapterPreset": "Load IP-Adapter Preset",
+    "ExactEncodeImagePrompt": "Encode Image Prompt (IP-Adapter)",
+    "ExactApplyIPAdapter": "Apply IP-Adapter",
+    "ExactPrepareImageForClip": "Prepare Image For CLIP (IP-Adapter)",
+    "ExactMakeNegativeImage": "Make Negative Image (IP-Adapter)",
+    "ExactIPAdapterWeightSchedule": "IP-Adapter Weight Schedule",
+    "ExactEncodeClipEmbeds": "Encode CLIP Embeds (IP-Adapter)",
+    "ExactCombineClipEmbeds": "Combine CLIP Embeds (IP-Adapter)",
+    "ExactProjectClipEmbeds": "Project CLIP Embeds (IP-Adapter)",
+    "ExactSaveClipEmbeds": "Save CLIP Embeds (IP-Adapter)",
+    "ExactLoadClipEmbeds": "Load CLIP Embeds (IP-Adapter)",
+    "ExactIPAdapterTiled": "IP-Adapter Tiled",
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 
-from .ours import AUTO
+from ..presets import AUTO
 from .plan import ClipVisionOf, Internal, NodeView, Plan, Ref, Target, Unconvertible, Upstream
 
 SAME_WEIGHT_TYPES = (

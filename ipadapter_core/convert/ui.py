@@ -221,7 +221,8 @@ class UIGraph(Graph):
                 slot["link"] = next((f[0] for f in self.links.values() if f[3] == node_id and f[4] == position), None)
             for position, slot in enumerate(node.get("outputs") or []):
                 ids = sorted(f[0] for f in self.links.values() if f[1] == node_id and f[2] == position)
-                slot["links"] = ids
+                if ids or slot.get("links") is not None:  # a saved null stays null
+                    slot["links"] = ids
                 if ids:
                     slot["slot_index"] = position
 

@@ -1,0 +1,330 @@
+"""Converting ComfyUI_IPAdapter_plus workflows: what changes, what stays, and the report.
+
+The fixtures in tests/fixtures/leading are workflows built with that pack's nodes, saved as its
+frontend saves them (UI format) and as its frontend queues them (API format). Conversion runs on
+the core alone; the last tests check the description of this pack's nodes the converter uses
+against the live node definitions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ipadapter_core.convert import convert_workflow
+from ipadapter_core.convert.__main__ import main
+from ipadapter_core.convert.leading import LEADING_NODES
+from ipadapter_core.convert.ours import DISPLAY_NAMES, OUR_NODES
+from ipadapter_core.convert.rules import leading_frame_weights
+from ipadapter_core.errors import IPAdapterError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "leading"
+UI_FIXTURES = ["advanced_unified", "weighted_embeds", "batch_weights", "style_composition_sdxl", "mixed_unconvertible"]
+# The node ids ComfyUI_IPAdapter_plus registers (its IPAdapterPlus.py NODE_CLASS_MAPPINGS), copied by hand.
+LEADING_IDS = {
+    "IPAdapter", "IPAdapterAdvanced", "IPAdapterBatch", "IPAdapterFaceID", "IPAdapterFaceIDKolors", "IPAAdapterFaceIDBatch", "IPAdapterTiled",
+    "IPAdapterTiledBatch", "IPAdapterEmbeds", "IPAdapterEmbedsBatch", "IPAdapterStyleComposition", "IPAdapterStyleCompositionBatch",
+    "IPAdapterMS", "IPAdapterClipVisionEnhancer", "IPAdapterClipVisionEnhancerBatch", "IPAdapterFromParams", "IPAdapterPreciseStyleTransfer",
+    "IPAdapterPreciseStyleTransferBatch", "IPAdapterPreciseComposition", "IPAdapterPreciseCompositionBatch", "IPAdapterUnifiedLoader",
+    "IPAdapterUnifiedLoaderFaceID", "IPAdapterModelLoader", "IPAdapterInsightFaceLoader", "IPAdapterUnifiedLoaderCommunity", "IPAdapterEncoder",
+    "IPAdapterCombineEmbeds", "IPAdapterNoise", "PrepImageForClipVision", "IPAdapterSaveEmbeds", "IPAdapterLoadEmbeds", "IPAdapterWeights",
+    "IPAdapterCombineWeights", "IPAdapterWeightsFromStrategy", "IPAdapterPromptScheduleFromWeightsStrategy", "IPAdapterRegionalConditioning",
+    "IPAdapterCombineParams",
+}
+
+
+def load(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def by_id(workflow: dict) -> dict:
+    return {node["id"]: node for node in workflow["nodes"]}
+
+
+def widgets_of(node: dict) -> dict:
+    return OUR_NODES[node["type"]].widget_values(node.get("widgets_values"))
+
+
+def source(workflow: dict, node: dict, name: str) -> tuple | None:
+    """(origin node type, origin slot) of a UI node's input, past reroutes."""
+    nodes, links = by_id(workflow), {link[0]: link for link in workflow["links"]}
+    link_id = next(slot["link"] for slot in node["inputs"] if slot["name"] == name)
+    while link_id is not None:
+        _, origin, slot, *_ = links[link_id]
+        if nodes[origin]["type"] != "Reroute":
+            return nodes[origin]["type"], slot
+        link_id = nodes[origin]["inputs"][0]["link"]
+    return None
+
+
+def assert_consistent(workflow: dict) -> None:
+    """Every link appears on both its ends with the right slot, and its type is what its origin outputs."""
+    nodes = by_id(workflow)
+    links = {link[0]: link for link in workflow["links"]}
+    assert len(links) == len(workflow["links"]) and max(links) <= workflow["last_link_id"]
+    assert max(nodes) <= workflow["last_node_id"]
+    for link_id, origin, origin_slot, target, target_slot, kind in links.values():
+        assert nodes[target]["inputs"][target_slot]["link"] == link_id
+        assert link_id in nodes[origin]["outputs"][origin_slot]["links"]
+        assert kind == nodes[origin]["outputs"][origin_slot]["type"], (link_id, kind)
+        target_type = nodes[target]["inputs"][target_slot]["type"]
+        assert target_type in ("*", kind) or nodes[target]["type"] in LEADING_NODES, (link_id, kind, target_type)
+    for node in nodes.values():
+        for slot in node.get("inputs") or []:
+            assert slot["link"] is None or links[slot["link"]][3] == node["id"]
+        for position, slot in enumerate(node.get("outputs") or []):
+            assert all(links[i][1:3] == [node["id"], position] for i in slot.get("links") or [])
+
+
+@pytest.mark.parametrize("name", UI_FIXTURES)
+def test_everything_else_is_kept(name):
+    original = load(name)
+    converted, report = convert_workflow(original)
+    assert original == load(name)  # the input is not modified
+    assert_consistent(converted)
+    replaced = {entry["id"] for entry in report.converted}
+    before, after = by_id(original), by_id(converted)
+    untouched = {i for i, n in before.items() if i not in replaced and n["type"] not in ("Reroute",)}
+    touching = {l[1] for l in original["links"] if l[3] in replaced} | {l[3] for l in original["links"] if l[1] in replaced}
+    for node_id in untouched - touching:
+        assert after[node_id] == before[node_id]
+    for node_id in untouched & touching:  # only their slots' link ids may change
+        strip = lambda n: {k: v for k, v in n.items() if k not in ("inputs", "outputs")}  # noqa: E731
+        assert strip(after[node_id]) == strip(before[node_id])
+        assert [s["name"] for s in after[node_id].get("inputs", [])] == [s["name"] for s in before[node_id].get("inputs", [])]
+    kept = {l[0]: l for l in original["links"] if l[1] not in replaced and l[3] not in replaced}
+    assert all(link in converted["links"] for link in kept.values())
+    assert converted["groups"] == original["groups"] and converted["extra"] == original["extra"]
+    for node_id in replaced:
+        assert after[node_id]["pos"] == before[node_id]["pos"] and after[node_id]["type"] in OUR_NODES
+    assert not {n["type"] for n in converted["nodes"]} & (set(LEADING_NODES) - {u["type"] for u in report.unconvertible})
+
+
+def test_advanced_workflow_with_a_unified_loader():
+    converted, report = convert_workflow(load("advanced_unified"))
+    nodes = by_id(converted)
+    assert [(c["type"], c["into"]) for c in report.converted] == [
+        ("IPAdapterUnifiedLoader", ["ExactLoadIPAdapterPreset"]), ("PrepImageForClipVision", ["ExactPrepareImageForClip"]),
+        ("IPAdapterNoise", ["ExactMakeNegativeImage"]), ("IPAdapterAdvanced", ["ExactApplyIPAdapter", "ExactEncodeImagePrompt"]),
+    ]
+    assert report.unconvertible == []
+    assert widgets_of(nodes[11]) == {"preset": "plus", "ipadapter_file": "auto"}
+    assert widgets_of(nodes[13]) == {"interpolation": "bicubic", "crop_position": "top", "sharpening": 0.15, "size": 224}
+    assert widgets_of(nodes[14]) == {"kind": "noise", "strength": 0.6, "seed": 0}
+    apply = nodes[16]
+    assert widgets_of(apply) == {"weight": 0.8, "start_at": 0, "end_at": 0.9, "weight_type": "ease in", "embeds_scaling": "V only",
+                                 "unfold_batch": False, "composition_weight": 1.0, "layer_weights": ""}
+    encode = nodes[17]
+    assert encode["type"] == "ExactEncodeImagePrompt" and encode["flags"] == {"collapsed": True}
+    assert source(converted, apply, "model") == ("ExactLoadIPAdapterPreset", 0)
+    assert source(converted, apply, "ipadapter") == ("ExactLoadIPAdapterPreset", 1)  # through the reroute
+    assert source(converted, apply, "image_prompt") == ("ExactEncodeImagePrompt", 0)
+    assert source(converted, encode, "clip_vision") == ("ExactLoadIPAdapterPreset", 2)  # the pipeline's encoder, now a link
+    assert source(converted, encode, "image") == ("ExactPrepareImageForClip", 0)
+    assert source(converted, encode, "negative_image") == ("ExactMakeNegativeImage", 0)
+    reroute = nodes[15]
+    assert reroute["outputs"][0]["type"] == "EXACT_IPADAPTER"
+    notes = {(n["type"], n["note"]) for n in report.notes}
+    assert ("PrepImageForClipVision", "LANCZOS resampling becomes bicubic") in notes
+
+
+def test_weighted_embeds_keep_their_pre_projection_form():
+    converted, report = convert_workflow(load("weighted_embeds"))
+    nodes = by_id(converted)
+    assert widgets_of(nodes[16])["weight"] == 0.6 and widgets_of(nodes[17])["weight"] == 1.5
+    assert widgets_of(nodes[18]) == {"method": "average"}
+    assert source(converted, nodes[18], "embeds_1") == ("ExactEncodeClipEmbeds", 0)
+    apply, project = nodes[14], nodes[20]
+    assert widgets_of(apply)["embeds_scaling"] == "V only"  # saved before that widget existed: its default
+    assert (apply["type"], project["type"]) == ("ExactApplyIPAdapter", "ExactProjectClipEmbeds")
+    assert source(converted, project, "embeds") == ("ExactCombineClipEmbeds", 0)
+    assert source(converted, project, "negative_embeds") == ("ExactEncodeClipEmbeds", 1)
+    assert source(converted, project, "clip_vision") == ("ExactLoadIPAdapterPreset", 2)
+    assert widgets_of(nodes[19]) == {"filename_prefix": "IP_embeds"}
+
+
+def test_frame_weights_become_a_schedule_with_the_same_values():
+    converted, _ = convert_workflow(load("batch_weights"))
+    nodes = by_id(converted)
+    schedule, apply = nodes[22], nodes[19]
+    assert widgets_of(schedule) == {"frames": 4, "start": 1.0, "end": 0.0, "method": "linear", "custom": "1, 0.75, 0.25, 0"}
+    assert source(converted, apply, "weight_schedule") == ("ExactIPAdapterWeightSchedule", 0)
+    assert widgets_of(apply)["weight"] == 1.0 and widgets_of(apply)["unfold_batch"] is True
+    assert widgets_of(apply)["weight_type"] == "style transfer"
+    from_primitive = [link for link in converted["links"] if link[1] == 21]  # it still sets the batch size; its frames link is gone
+    assert [link[3] for link in from_primitive] == [5] and nodes[21]["outputs"][0]["links"] == [from_primitive[0][0]]
+
+
+def test_style_composition_and_layer_weights():
+    converted, _ = convert_workflow(load("style_composition_sdxl"))
+    nodes = by_id(converted)
+    style = widgets_of(nodes[14])
+    assert (style["weight"], style["weight_type"], style["composition_weight"], style["embeds_scaling"]) == (1.2, "strong style and composition", 0.8, "K+V")
+    assert source(converted, nodes[14], "composition_image_prompt") == ("ExactEncodeImagePrompt", 0)
+    encoders = [n for n in converted["nodes"] if n["type"] == "ExactEncodeImagePrompt"]
+    assert {source(converted, n, "clip_vision") for n in encoders} == {("CLIPVisionLoader", 0)}
+    assert [widgets_of(n)["combine"] for n in encoders] == ["average", "average", "concat"]
+    mad = widgets_of(nodes[15])
+    assert (mad["weight"], mad["weight_type"], mad["layer_weights"]) == (0.6, "linear", "all: 0, 3: 1.0, 6: 0.5")
+    assert nodes[10]["type"] == "ExactLoadIPAdapter" and widgets_of(nodes[10]) == {"ipadapter_file": "ip-adapter-plus_sdxl_vit-h.safetensors"}
+
+
+def test_unconvertible_nodes_stay_and_are_reported():
+    original = load("mixed_unconvertible")
+    converted, report = convert_workflow(original)
+    nodes = by_id(converted)
+    assert {u["type"] for u in report.unconvertible} == {"IPAdapterFaceID", "IPAdapterInsightFaceLoader"}
+    assert nodes[16] == by_id(original)[16] | {"inputs": nodes[16]["inputs"]} and nodes[15]["type"] == "IPAdapterInsightFaceLoader"
+    faceid = next(u for u in report.unconvertible if u["type"] == "IPAdapterFaceID")
+    assert "FaceID" in faceid["reason"] and "model, ipadapter now come from this pack's nodes" in faceid["reason"]
+    assert nodes[13]["type"] == "ExactIPAdapterTiled" and [o["type"] for o in nodes[13]["outputs"]] == ["MODEL", "IMAGE", "MASK"]
+    assert source(converted, nodes[17], "images") == ("ExactIPAdapterTiled", 1)
+    simple = widgets_of(nodes[14])
+    assert (simple["weight"], simple["end_at"], simple["weight_type"]) == (0.5, 0.8, "ease out")  # "prompt is more important"
+    text = "\n".join(report.lines())
+    assert "Left unchanged (2)" in text and "IPAdapterFaceID #16" in text
+
+
+def edit(workflow: dict, node_id: int, **widgets) -> dict:
+    workflow = copy.deepcopy(workflow)
+    node = by_id(workflow)[node_id]
+    values = LEADING_NODES[node["type"]].widget_values(node["widgets_values"])
+    values.update(widgets)
+    node["widgets_values"] = [values[w.name] for w in LEADING_NODES[node["type"]].widgets()]
+    return workflow
+
+
+def test_a_node_that_cannot_convert_does_not_stop_the_rest():
+    workflow = edit(load("advanced_unified"), 16, weight_type="style transfer precise")
+    converted, report = convert_workflow(workflow)
+    assert [(u["id"], u["type"]) for u in report.unconvertible] == [(16, "IPAdapterAdvanced")]
+    assert "'style transfer precise' has no equivalent" in report.unconvertible[0]["reason"]
+    assert by_id(converted)[11]["type"] == "ExactLoadIPAdapterPreset" and by_id(converted)[16]["type"] == "IPAdapterAdvanced"
+    assert_consistent(converted)
+
+
+def test_without_a_clip_vision_source_the_apply_node_stays():
+    workflow = load("advanced_unified")
+    loader = by_id(workflow)[11]
+    loader["type"] = "IPAdapterUnifiedLoaderCommunity"  # a loader that does not convert: no CLIP vision to take
+    loader["widgets_values"] = ["Composition"]
+    converted, report = convert_workflow(workflow)
+    reasons = {u["type"]: u["reason"] for u in report.unconvertible}
+    assert "needs a CLIP vision model" in reasons["IPAdapterAdvanced"]
+    assert by_id(converted)[13]["type"] == "ExactPrepareImageForClip"
+
+
+def test_weights_feeding_a_node_that_uses_one_value_stay():
+    workflow = load("batch_weights")
+    by_id(workflow)[19]["type"] = "IPAdapterAdvanced"
+    by_id(workflow)[19]["widgets_values"] = [1, "linear", "concat", 0, 1, "V only"]
+    _, report = convert_workflow(workflow)
+    assert {u["type"] for u in report.unconvertible} == {"IPAdapterAdvanced", "IPAdapterWeights"}
+
+
+@pytest.mark.parametrize("widgets, reason", [
+    ({"blur": 3}, "blur has no equivalent"),
+])
+def test_noise_that_has_no_equivalent(widgets, reason):
+    _, report = convert_workflow(edit(load("advanced_unified"), 14, **widgets))
+    assert report.unconvertible[0]["type"] == "IPAdapterNoise" and reason in report.unconvertible[0]["reason"]
+
+
+@pytest.mark.parametrize("timing, curve", [
+    ("linear", lambda t: t),
+    ("ease_in_out", lambda t: (1 - math.cos(math.pi * t)) / 2),
+    ("ease_in", lambda t: math.sin(math.pi * t / 2)),
+    ("ease_out", lambda t: 1 - math.cos(math.pi * t / 2)),
+])
+def test_frame_weights_are_the_leading_packs_curves(timing, curve):
+    """IPAdapter Weights: from the first to the last value over end_frame - start_frame frames, held outside."""
+    values = leading_frame_weights("0.2, 0.5, 1.0", timing, frames=8, start_frame=2, end_frame=6)
+    expected = [0.2, 0.2] + [0.2 + 0.8 * curve(i / 3) for i in range(4)] + [1.0, 1.0]
+    assert values == pytest.approx(expected, abs=1e-12) and values[5] == 1.0
+    assert leading_frame_weights("1, 0.5\n0.25", "custom", 0, 0, 9999) == [1.0, 0.5, 0.25]
+    assert leading_frame_weights("", "linear", 0, 0, 9999) == [0.0, 1.0]  # at least 2 frames, from 0 to 1
+
+
+def test_api_format_converts_like_the_ui_format(pack, object_info):
+    """Converting the queued prompt gives what queueing the converted workflow gives."""
+    from tools.workflow_api import ui_to_api
+
+    for name in ("advanced_unified", "batch_weights"):
+        converted_api, report = convert_workflow(json.loads((FIXTURES / f"{name}_api.json").read_text()))
+        converted_ui, _ = convert_workflow(load(name))
+        assert report.format == "api" and report.unconvertible == []
+        assert converted_api == ui_to_api(converted_ui, object_info)
+
+
+def test_converting_twice_changes_nothing():
+    converted, _ = convert_workflow(load("weighted_embeds"))
+    again, report = convert_workflow(converted)
+    assert again == converted and report.converted == [] and report.lines()[0].startswith("Converted 0 node(s)")
+
+
+def test_not_a_workflow():
+    with pytest.raises(IPAdapterError, match="not a ComfyUI workflow"):
+        convert_workflow({"something": 1})
+
+
+def test_command_line(tmp_path, caplog):
+    caplog.set_level("INFO", logger="ipadapter_core.convert")
+    out, report = tmp_path / "out.json", tmp_path / "report.json"
+    assert main([str(FIXTURES / "mixed_unconvertible.json"), str(out), "--report", str(report)]) == 0
+    assert json.loads(out.read_text()) == convert_workflow(load("mixed_unconvertible"))[0]
+    assert {u["type"] for u in json.loads(report.read_text())["unconvertible"]} == {"IPAdapterFaceID", "IPAdapterInsightFaceLoader"}
+    assert "  IPAdapterTiled #13 -> ExactIPAdapterTiled" in caplog.messages
+    (tmp_path / "bad.json").write_text("{\"nodes\": 3}")
+    assert main([str(tmp_path / "bad.json"), str(out)]) == 2
+
+
+def test_the_leading_table_lists_every_node_of_that_pack():
+    assert set(LEADING_NODES) == LEADING_IDS
+
+
+# --- the description of this pack's nodes, against the nodes -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def object_info(pack) -> dict:
+    """What /object_info says about the stock nodes and this pack, built in-process from the node classes."""
+    import nodes
+
+    from tools.comfy_host import pack_nodes
+
+    info = {
+        name: {"input": cls.INPUT_TYPES(), "input_order": {group: list(specs) for group, specs in cls.INPUT_TYPES().items()},
+               "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)}
+        for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
+    }
+    info.update({name: cls.GET_NODE_INFO_V1() for name, cls in pack_nodes().items()})  # what server.py sends for V3 nodes
+    return json.loads(json.dumps(info))
+
+
+@pytest.mark.parametrize("node_type", sorted(OUR_NODES))
+def test_our_node_description_matches_the_node(object_info, node_type):
+    from tools.workflow_api import NOT_SENT, ordered_inputs, widgets
+
+    spec, live = OUR_NODES[node_type], object_info[node_type]
+    saved = [(name, default) for name, default in widgets(live)]
+    described = []
+    for widget in spec.widgets():
+        described.append((widget.name, widget.initial))
+        if widget.control:
+            described.append((NOT_SENT, None))
+    assert [(n, d) for n, d in saved if n is not NOT_SENT] == [(n, d) for n, d in described if n is not NOT_SENT]
+    assert len(saved) == len(described)
+    optional = set(live["input"].get("optional", {}))
+    links = [(name, kind, name in optional) for name, (kind, options) in ordered_inputs(live) if not isinstance(kind, list) and kind not in
+             ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+    assert links == [(i.name, i.type, i.optional) for i in spec.links()]
+    assert list(zip(live["output_name"], live["output"])) == list(spec.outputs)
+    assert live["display_name"] == DISPLAY_NAMES[node_type]
+    for widget in spec.widgets():
+        kind = dict(ordered_inputs(live))[widget.name][0]
+        if widget.choices and isinstance(kind, list):
+            assert set(widget.choices) <= set(kind), widget.name
