@@ -143,7 +143,7 @@ def find_preset_adapter(preset: str, layers: Sequence[CrossAttentionLayer], file
     twins = [name for name, other in PRESETS.items() if other != kind and other.projection == kind.projection and other.encoder == kind.encoder]
     raise IPAdapterError(
         f"{len(fitting)} files in models/ipadapter fit preset {preset!r} for this {family} model: "
-        f"{', '.join(p.name for p in sorted(fitting))}. Their weights have the same layout"
+        f"{', '.join(sorted(p.name for p in fitting))}. Their weights have the same layout"
         + (f" ({preset} and {' / '.join(twins)} cannot be told apart from weights)" if twins else "")
         + "; choose the file in this node's ipadapter_file."
     )
