@@ -2,8 +2,8 @@
 // pack's one converter (ipadapter_core/convert), reached through the server route in
 // nodes/convert_route.py. Nodes of that pack show as missing when it is not installed; the
 // frontend still keeps their saved data, which is what the converter reads.
-import { app } from "../../scripts/app.js";
-import { api } from "../../scripts/api.js";
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
 
 const COMMAND = "ExactIPAdapter.ConvertLeadingWorkflow";
 const ROUTE = "/exact_ipadapter/convert";
