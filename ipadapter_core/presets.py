@@ -3,9 +3,11 @@
 A preset names a kind of adapter: its projection network and the CLIP encoder it reads. Which
 file of models/ipadapter is that kind, and fits the model being patched (SD1.5 or SDXL layers),
 is decided from key names and tensor shapes only, so renamed files are found and a misnamed one
-is never loaded. Two pairs of official adapters have identical layouts and differ only in their
-trained values: light and standard (SD1.5 base, ViT-H), plus and plus face. Weights cannot tell
-those apart, so when several files fit, the choice is the user's (the node's ipadapter_file).
+is never loaded. Three pairs of official adapters have identical layouts and differ only in their
+trained values: light and standard (SD1.5 base, ViT-H), plus and plus face, FaceID plus and
+plusv2. Weights cannot tell those apart, so when several files fit, the choice is the user's (the
+node's ipadapter_file). The FaceID presets read InsightFace's face embedding (plus ones also
+CLIP's view of the face); FaceID and FaceID portrait differ in their tokens per face (4 and 16).
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ from safetensors import safe_open
 from .checkpoint import SAFETENSORS_SUFFIXES, split_adapter_weights
 from .errors import IPAdapterError
 from .layer_map import CrossAttentionLayer, family_of
-from .variants import AdapterSpec, detect_variant
+from .variants import (
+    ENCODERS,
+    FACE_EMBEDS,
+    FACE_WIDTH,
+    PENULTIMATE,
+    AdapterSpec,
+    detect_variant,
+)
 
-VIT_H, VIT_BIGG = "CLIP ViT-H/14", "CLIP ViT-bigG/14"
+# The encoders' names as AdapterSpec.encoder_name gives them.
+VIT_H, VIT_BIGG, INSIGHTFACE = ENCODERS[(PENULTIMATE, 1280)], ENCODERS[(PENULTIMATE, 1664)], ENCODERS[(FACE_EMBEDS, FACE_WIDTH)]
 AUTO = "auto"  # the ipadapter_file choice that lets the weights decide
 
 
@@ -34,9 +44,19 @@ class Preset:
     encoder: str  # as AdapterSpec.encoder_name
     families: tuple[str, ...]  # model families it exists for
     downloads: tuple[tuple[str, str], ...]  # (family, official file name): a download hint, never used to choose
+    tokens: int | None = None  # tokens per reference, where the projection and encoder leave a choice (FaceID 4, portrait 16)
 
     def matches(self, spec: AdapterSpec) -> bool:
-        return spec.projection == self.projection and spec.encoder_name == self.encoder
+        return spec.projection == self.projection and spec.encoder_name == self.encoder and self.tokens in (None, spec.num_tokens)
+
+    @property
+    def reads_clip(self) -> bool:
+        """Whether its adapters need a CLIP vision model (all but the face-only FaceID ones)."""
+        return self.encoder != INSIGHTFACE
+
+    def same_layout(self, other: Preset) -> bool:
+        """Whether files of the two presets have the same weight layout (only their trained values differ)."""
+        return (self.projection, self.encoder, self.tokens) == (other.projection, other.encoder, other.tokens)
 
 
 PRESETS = {
@@ -47,6 +67,13 @@ PRESETS = {
     "plus face": Preset("resampler", VIT_H, ("SD1.5", "SDXL"),
                         (("SD1.5", "ip-adapter-plus-face_sd15.safetensors"), ("SDXL", "ip-adapter-plus-face_sdxl_vit-h.safetensors"))),
     "full face": Preset("mlp", VIT_H, ("SD1.5",), (("SD1.5", "ip-adapter-full-face_sd15.safetensors"),)),
+    "faceid": Preset("face_mlp", INSIGHTFACE, ("SD1.5", "SDXL"), (("SD1.5", "ip-adapter-faceid_sd15.bin"), ("SDXL", "ip-adapter-faceid_sdxl.bin")), tokens=4),
+    "faceid plus": Preset("face_plus", VIT_H, ("SD1.5",), (("SD1.5", "ip-adapter-faceid-plus_sd15.bin"),)),
+    "faceid plusv2": Preset("face_plus", VIT_H, ("SD1.5", "SDXL"),
+                            (("SD1.5", "ip-adapter-faceid-plusv2_sd15.bin"), ("SDXL", "ip-adapter-faceid-plusv2_sdxl.bin"))),
+    "faceid portrait": Preset("face_mlp", INSIGHTFACE, ("SD1.5", "SDXL"),
+                              (("SD1.5", "ip-adapter-faceid-portrait-v11_sd15.bin"), ("SDXL", "ip-adapter-faceid-portrait_sdxl.bin")), tokens=16),
+    "faceid portrait unnorm": Preset("face_resampler", INSIGHTFACE, ("SDXL",), (("SDXL", "ip-adapter-faceid-portrait_sdxl_unnorm.bin"),)),
 }
 
 
@@ -140,7 +167,7 @@ def find_preset_adapter(preset: str, layers: Sequence[CrossAttentionLayer], file
             f"No IP-Adapter in models/ipadapter is a {preset} adapter for this {family} model ({kind.projection} projection reading "
             f"{kind.encoder}). Download {download} from h94/IP-Adapter into models/ipadapter.{found}"
         )
-    twins = [name for name, other in PRESETS.items() if other != kind and other.projection == kind.projection and other.encoder == kind.encoder]
+    twins = [name for name, other in PRESETS.items() if other != kind and other.same_layout(kind)]
     raise IPAdapterError(
         f"{len(fitting)} files in models/ipadapter fit preset {preset!r} for this {family} model: "
         f"{', '.join(sorted(p.name for p in fitting))}. Their weights have the same layout"

@@ -9,10 +9,15 @@ from comfy.model_patcher import ModelPatcher
 
 from ..ipadapter_core.errors import IPAdapterError
 from ..ipadapter_core.layer_map import cross_attention_layers, family_of
-from ..ipadapter_core.presets import AUTO, PRESETS, find_preset_adapter, read_adapter_spec
+from ..ipadapter_core.presets import (
+    AUTO,
+    PRESETS,
+    find_preset_adapter,
+    read_adapter_spec,
+)
 from .api import CATEGORY, io
 from .folders import FOLDER, check_listed
-from .load_ipadapter import ipadapter_output
+from .load_ipadapter import ipadapter_output, load_adapter
 from .paired_loader import load_adapter_and_encoder
 
 
@@ -26,14 +31,15 @@ class LoadIPAdapterPreset(io.ComfyNode):
             description=(
                 "Picks the adapter of a preset for the connected model (SD1.5 or SDXL) from models/ipadapter, and the CLIP vision "
                 "model it needs from models/clip_vision, by reading the files' weights; file names play no role. "
-                "IPAdapter Unified Loader of ComfyUI_IPAdapter_plus workflows converts to this node."
+                "IPAdapter Unified Loader (and its FaceID variant) of ComfyUI_IPAdapter_plus workflows converts to this node."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model the adapter will patch: it decides between SD1.5 and SDXL adapters."),
                 io.Combo.Input("preset", options=list(PRESETS), default="standard", tooltip=(
                     "light / standard: base adapters (4 tokens, light weaker, SD1.5 only); vit-G: base adapters reading ViT-bigG; "
-                    "plus / plus face: 16-token adapters; full face: SD1.5 full-face. light and standard, and plus and plus face, "
-                    "have the same layout: with both in the folder, pick the file below.")),
+                    "plus / plus face: 16-token adapters; full face: SD1.5 full-face. faceid ...: FaceID adapters, for Encode Face "
+                    "Image Prompt (plus and plusv2 also read ViT-H; portrait unnorm is SDXL only). light and standard, plus and "
+                    "plus face, faceid plus and plusv2 have the same layout: with both in the folder, pick the file below.")),
                 io.Combo.Input("ipadapter_file", options=[AUTO, *folder_paths.get_filename_list(FOLDER)], default=AUTO, optional=True, tooltip=(
                     "auto: the one file of models/ipadapter that is this preset's kind of adapter for the model. "
                     "Or the file to use, checked against the preset.")),
@@ -41,7 +47,9 @@ class LoadIPAdapterPreset(io.ComfyNode):
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model, unchanged: connect it on to Apply IP-Adapter."),
                 ipadapter_output(),
-                io.ClipVision.Output(display_name="clip_vision", tooltip="The CLIP vision model the adapter was trained with, to connect to Encode Image Prompt."),
+                io.ClipVision.Output(display_name="clip_vision", tooltip=(
+                    "The CLIP vision model the adapter was trained with, to connect to Encode Image Prompt (or to Encode Face Image "
+                    "Prompt for faceid plus / plusv2). Nothing for the face-only FaceID presets, which read no CLIP.")),
             ],
         )
 
@@ -62,6 +70,8 @@ class LoadIPAdapterPreset(io.ComfyNode):
                     "pick another file, or auto."
                 )
         logging.info("IP-Adapter preset %s: %s", preset, chosen)
+        if not PRESETS[preset].reads_clip:
+            return io.NodeOutput(model, load_adapter(chosen), None)
         return io.NodeOutput(model, *load_adapter_and_encoder(chosen))
 
     @classmethod

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import conditioning, node, predict_noise
-from tools.random_models import adapter_state_dict, meta_model, save_adapter
+from tools.random_models import adapter_state_dict, faceid_state_dict, meta_model, save_adapter
 
 
 def images(seed, count=1, height=224, width=224):
@@ -161,6 +161,9 @@ def preset_folder(pack, tmp_path_factory, tiny_layer_dims):
     save_adapter(adapter_state_dict("plus", tiny_layer_dims, seed=72), folder / "base.bin")
     save_adapter(adapter_state_dict("base", tiny_layer_dims, clip_dim=1280, seed=73), folder / "what.safetensors")
     save_adapter(adapter_state_dict("full", tiny_layer_dims, seed=74), folder / "full.safetensors")
+    save_adapter(faceid_state_dict("portrait", tiny_layer_dims, seed=76), folder / "ip-adapter-faceid_sd15.bin")
+    save_adapter(faceid_state_dict("faceid", tiny_layer_dims, lora_rank=4, seed=77), folder / "portrait.safetensors")
+    save_adapter(faceid_state_dict("faceid-plus", tiny_layer_dims, lora_rank=4, seed=78), folder / "face-v1.bin")
     (folder / "notes.bin").write_bytes(b"not weights")
     return folder
 
@@ -174,6 +177,8 @@ def tiny_layers(tiny_model):
 @pytest.mark.parametrize("preset, expected", [
     ("standard", "ip-adapter-plus_sd15.safetensors"), ("light", "ip-adapter-plus_sd15.safetensors"), ("plus", "base.bin"),
     ("plus face", "base.bin"), ("vit-G", "what.safetensors"), ("full face", "full.safetensors"),
+    ("faceid", "portrait.safetensors"), ("faceid portrait", "ip-adapter-faceid_sd15.bin"),  # 4 and 16 tokens per face
+    ("faceid plus", "face-v1.bin"), ("faceid plusv2", "face-v1.bin"),  # plus and plusv2 files have identical weights
 ])
 def test_presets_are_resolved_by_weights(preset_folder, tiny_model, preset, expected):
     from ipadapter_core.presets import find_preset_adapter
@@ -195,6 +200,12 @@ def test_preset_errors_name_the_fix(preset_folder, tiny_model, tiny_layer_dims, 
     sdxl = cross_attention_layers(meta_model("sdxl")[1].get_model_object("diffusion_model"))
     with pytest.raises(IPAdapterError, match="no full face IP-Adapter for SDXL"):
         find_preset_adapter("full face", sdxl, [])
+    with pytest.raises(IPAdapterError, match="no faceid portrait unnorm IP-Adapter for SD1.5"):
+        find_preset_adapter("faceid portrait unnorm", sd15, [])
+    twins = sorted(preset_folder.iterdir()) + [save_adapter(faceid_state_dict("faceid-plus", tiny_layer_dims, lora_rank=4, seed=79),
+                                                            tmp_path / "face-v2.bin")]
+    with pytest.raises(IPAdapterError, match="2 files .* fit preset 'faceid plusv2'.*face-v1.bin, face-v2.bin.*faceid plus cannot be told apart"):
+        find_preset_adapter("faceid plusv2", tiny_layers(tiny_model), twins)
 
 
 def test_preset_node_picks_by_weights_or_checks_the_pinned_file(pack, preset_folder, tiny_model, monkeypatch):
@@ -213,6 +224,10 @@ def test_preset_node_picks_by_weights_or_checks_the_pinned_file(pack, preset_fol
     assert loaded[-1] == "ip-adapter-plus_sd15.safetensors"
     with pytest.raises(IPAdapterError, match="base.bin is SD1.5 IP-Adapter \\(plus.*not a standard adapter"):
         loader(tiny_model, "standard", "base.bin")
+    # Face-only FaceID adapters read no CLIP: the adapter alone, no encoder looked for.
+    monkeypatch.setattr(preset_loader, "load_adapter", lambda name: loaded.append(name) or "face adapter")
+    assert loader(tiny_model, "faceid portrait") == (tiny_model, "face adapter", None) and loaded[-1] == "ip-adapter-faceid_sd15.bin"
+    assert loader(tiny_model, "faceid plus") == (tiny_model, "adapter", "clip_vision") and loaded[-1] == "face-v1.bin"
 
 
 # --- tiles -------------------------------------------------------------------------------------------
