@@ -23,7 +23,7 @@ from ipadapter_core.convert.rules import leading_frame_weights
 from ipadapter_core.errors import IPAdapterError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "leading"
-UI_FIXTURES = ["advanced_unified", "weighted_embeds", "batch_weights", "style_composition_sdxl", "mixed_unconvertible"]
+UI_FIXTURES = ["advanced_unified", "weighted_embeds", "batch_weights", "style_composition_sdxl", "mixed_unconvertible", "faceid_unified"]
 # The node ids ComfyUI_IPAdapter_plus registers (its IPAdapterPlus.py NODE_CLASS_MAPPINGS), copied by hand.
 LEADING_IDS = {
     "IPAdapter", "IPAdapterAdvanced", "IPAdapterBatch", "IPAdapterFaceID", "IPAdapterFaceIDKolors", "IPAAdapterFaceIDBatch", "IPAdapterTiled",
@@ -117,7 +117,7 @@ def test_advanced_workflow_with_a_unified_loader():
     assert widgets_of(nodes[14]) == {"kind": "noise", "strength": 0.6, "seed": 0}
     apply = nodes[16]
     assert widgets_of(apply) == {"weight": 0.8, "start_at": 0, "end_at": 0.9, "weight_type": "ease in", "embeds_scaling": "V only",
-                                 "unfold_batch": False, "composition_weight": 1.0, "layer_weights": ""}
+                                 "unfold_batch": False, "composition_weight": 1.0, "layer_weights": "", "lora_strength": 1.0}
     encode = nodes[17]
     assert encode["type"] == "ExactEncodeImagePrompt" and encode["flags"] == {"collapsed": True}
     assert source(converted, apply, "model") == ("ExactLoadIPAdapterPreset", 0)
@@ -177,16 +177,187 @@ def test_unconvertible_nodes_stay_and_are_reported():
     original = load("mixed_unconvertible")
     converted, report = convert_workflow(original)
     nodes = by_id(converted)
-    assert {u["type"] for u in report.unconvertible} == {"IPAdapterFaceID", "IPAdapterInsightFaceLoader"}
-    assert nodes[16] == by_id(original)[16] | {"inputs": nodes[16]["inputs"]} and nodes[15]["type"] == "IPAdapterInsightFaceLoader"
-    faceid = next(u for u in report.unconvertible if u["type"] == "IPAdapterFaceID")
-    assert "FaceID" in faceid["reason"] and "model, ipadapter now come from this pack's nodes" in faceid["reason"]
+    assert [(u["id"], u["type"]) for u in report.unconvertible] == [(16, "IPAdapterFaceIDKolors")]
+    assert nodes[16] == by_id(original)[16] | {"inputs": nodes[16]["inputs"]}  # in place, only its links renumbered
+    assert [(slot["name"], slot["link"] is not None) for slot in nodes[16]["inputs"]] == [
+        (slot["name"], slot["link"] is not None) for slot in by_id(original)[16]["inputs"]]
+    kolors = report.unconvertible[0]["reason"]
+    assert "Kolors has no equivalent here" in kolors and "model, ipadapter, insightface now come from this pack's nodes" in kolors
+    assert nodes[15]["type"] == "ExactLoadInsightFace" and widgets_of(nodes[15]) == {"model_name": "buffalo_l", "provider": "CPU"}
     assert nodes[13]["type"] == "ExactIPAdapterTiled" and [o["type"] for o in nodes[13]["outputs"]] == ["MODEL", "IMAGE", "MASK"]
     assert source(converted, nodes[17], "images") == ("ExactIPAdapterTiled", 1)
     simple = widgets_of(nodes[14])
     assert (simple["weight"], simple["end_at"], simple["weight_type"]) == (0.5, 0.8, "ease out")  # "prompt is more important"
+    assert source(converted, nodes[3], "model") == ("IPAdapterFaceIDKolors", 0)  # the sampler still takes the node that stayed
     text = "\n".join(report.lines())
-    assert "Left unchanged (2)" in text and "IPAdapterFaceID #16" in text
+    assert "Left unchanged (1)" in text and "IPAdapterFaceIDKolors #16: Kolors" in text
+
+
+# --- FaceID ------------------------------------------------------------------------------------------
+
+
+def test_faceid_with_the_unified_loader():
+    """Preset, InsightFace and LoRA strength move from the loader to the nodes that use them here."""
+    converted, report = convert_workflow(load("faceid_unified"))
+    nodes = by_id(converted)
+    assert [(c["type"], c["into"]) for c in report.converted] == [
+        ("IPAdapterUnifiedLoaderFaceID", ["ExactLoadIPAdapterPreset", "ExactLoadInsightFace"]),
+        ("IPAdapterFaceID", ["ExactApplyIPAdapter", "ExactEncodeFaceImagePrompt"]),
+    ]
+    assert report.unconvertible == []
+    insightface = next(n for n in converted["nodes"] if n["type"] == "ExactLoadInsightFace")
+    face = next(n for n in converted["nodes"] if n["type"] == "ExactEncodeFaceImagePrompt")
+    apply = nodes[16]
+    assert widgets_of(nodes[11]) == {"preset": "faceid plusv2", "ipadapter_file": "auto"}
+    assert widgets_of(insightface) == {"model_name": "buffalo_l", "provider": "CPU"}
+    assert widgets_of(face) == {"faceid_v2": True, "v2_scale": 1.5, "faces": "largest", "combine": "concat", "image_weights": ""}
+    assert widgets_of(apply) == {"weight": 0.8, "start_at": 0, "end_at": 1, "weight_type": "linear", "embeds_scaling": "V only",
+                                 "unfold_batch": False, "composition_weight": 1.0, "layer_weights": "", "lora_strength": 0.6}
+    assert apply["title"] == "FaceID"  # the user's title stays on the node taking its place
+    assert source(converted, apply, "model") == ("ExactLoadIPAdapterPreset", 0)
+    assert source(converted, apply, "image_prompt") == ("ExactEncodeFaceImagePrompt", 0)
+    assert source(converted, face, "ipadapter") == ("ExactLoadIPAdapterPreset", 1)
+    assert source(converted, face, "insightface") == ("ExactLoadInsightFace", 0)  # the pipeline's InsightFace, now a link
+    assert source(converted, face, "clip_vision") == ("ExactLoadIPAdapterPreset", 2)
+    assert source(converted, face, "image") == ("LoadImage", 0)
+    assert source(converted, nodes[17], "images") == ("ExactEncodeFaceImagePrompt", 1)  # face_image -> face_crops
+    notes = [n["note"] for n in report.notes]
+    assert any("LoRA is added by Apply IP-Adapter now" in n for n in notes)
+    assert any("'faceid plusv2' and 'faceid plus' adapters have the same weight layout" in n for n in notes)
+
+
+@pytest.mark.parametrize("preset, ours, faceid_v2, lora_strength", [
+    ("FACEID", "faceid", False, 0.6),
+    ("FACEID PLUS - SD1.5 only", "faceid plus", False, 0.6),
+    ("FACEID PORTRAIT (style transfer)", "faceid portrait", False, 0.0),  # no LoRA for portrait adapters there either
+    ("FACEID PORTRAIT UNNORM - SDXL only (strong)", "faceid portrait unnorm", False, 0.0),
+])
+def test_faceid_presets(preset, ours, faceid_v2, lora_strength):
+    converted, report = convert_workflow(edit(load("faceid_unified"), 11, preset=preset))
+    face = next(n for n in converted["nodes"] if n["type"] == "ExactEncodeFaceImagePrompt")
+    assert widgets_of(by_id(converted)[11])["preset"] == ours
+    assert widgets_of(face)["faceid_v2"] is faceid_v2 and widgets_of(by_id(converted)[16])["lora_strength"] == lora_strength
+
+
+def test_faceid_loader_provider_and_lora_notes():
+    workflow = edit(load("faceid_unified"), 11, provider="DirectML")
+    by_id(workflow)[3]["inputs"][0]["link"] = 13  # the sampler takes the loader's model (with the LoRA there) directly
+    by_id(workflow)[11]["outputs"][0]["links"].append(13)
+    workflow["links"] = [link for link in workflow["links"] if link[0] != 17] + [[13, 11, 0, 3, 0, "MODEL"]]
+    by_id(workflow)[16]["outputs"][0]["links"] = []
+    workflow["links"] = [link if link[0] != 13 else [13, 11, 0, 16, 0, "MODEL"] for link in workflow["links"]]
+    converted, report = convert_workflow(api_of(workflow))
+    insightface = next(e for e in converted.values() if e["class_type"] == "ExactLoadInsightFace")
+    assert insightface["inputs"] == {"model_name": "buffalo_l", "provider": "CPU"}
+    notes = [n["note"] for n in report.notes]
+    assert any("provider DirectML is not offered here: CPU is used" in n for n in notes)
+    assert any("KSampler took this loader's model with the LoRA and now take it without" in n for n in notes)
+
+
+def api_of(workflow: dict) -> dict:
+    """A UI workflow's API form, for the nodes and links the tests below need (no stock-node widgets)."""
+    prompt = {}
+    links = {link[0]: link for link in workflow["links"]}
+    for node in workflow["nodes"]:
+        if node["type"] in ("Reroute", "Note"):
+            continue
+        inputs = {}
+        spec = LEADING_NODES.get(node["type"])
+        if spec is not None:
+            inputs.update(spec.widget_values(node.get("widgets_values")))
+        for slot in node.get("inputs") or []:
+            link = links.get(slot.get("link"))
+            while link is not None and by_id(workflow)[link[1]]["type"] == "Reroute":
+                link = links.get(by_id(workflow)[link[1]]["inputs"][0]["link"])
+            if link is not None:
+                inputs[slot["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"], "_meta": {"title": node.get("title", node["type"])}}
+    return prompt
+
+
+def faceid_prompt(loader: dict, **faceid_inputs) -> dict:
+    """A minimal API prompt: checkpoint -> (loader) -> IPAdapter FaceID -> sampler, the face crops previewed."""
+    faceid = {"weight": 0.7, "weight_faceidv2": 1.0, "weight_type": "linear", "combine_embeds": "average", "start_at": 0, "end_at": 1,
+              "embeds_scaling": "V only", "model": ["4", 0], "ipadapter": ["11", 0], "image": ["12", 0]}
+    faceid.update(faceid_inputs)
+    return {
+        "4": {"inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}, "class_type": "CheckpointLoaderSimple"},
+        "11": loader,
+        "12": {"inputs": {"image": "face.png"}, "class_type": "LoadImage"},
+        "13": {"inputs": {"provider": "ROCM", "model_name": "antelopev2"}, "class_type": "IPAdapterInsightFaceLoader"},
+        "14": {"inputs": {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"}, "class_type": "CLIPVisionLoader"},
+        "16": {"inputs": faceid, "class_type": "IPAdapterFaceID", "_meta": {"title": "IPAdapter FaceID"}},
+        "17": {"inputs": {"images": ["16", 1]}, "class_type": "PreviewImage"},
+        "3": {"inputs": {"model": ["16", 0]}, "class_type": "KSampler"},
+    }
+
+
+@pytest.mark.parametrize("file, faceid_v2", [("ip-adapter-faceid-plusv2_sd15.bin", True), ("ip-adapter-faceid-plus_sd15.bin", False)])
+def test_faceid_with_a_model_loader_and_insightface_loader(file, faceid_v2):
+    """As the leading pack does, plusv2 is told from plus by the file name; its FaceID node adds no LoRA."""
+    loader = {"inputs": {"ipadapter_file": file}, "class_type": "IPAdapterModelLoader"}
+    converted, report = convert_workflow(faceid_prompt(loader, insightface=["13", 0], clip_vision=["14", 0]))
+    face = next(e for e in converted.values() if e["class_type"] == "ExactEncodeFaceImagePrompt")
+    assert converted["13"] == {"inputs": {"model_name": "antelopev2", "provider": "CPU"}, "class_type": "ExactLoadInsightFace",
+                               "_meta": {"title": "Load InsightFace (IP-Adapter FaceID)"}}
+    assert face["inputs"] == {"ipadapter": ["11", 0], "insightface": ["13", 0], "image": ["12", 0], "clip_vision": ["14", 0],
+                              "faceid_v2": faceid_v2, "v2_scale": 1.0, "faces": "largest", "combine": "average", "image_weights": ""}
+    apply = converted["16"]
+    assert apply["class_type"] == "ExactApplyIPAdapter" and apply["inputs"]["lora_strength"] == 0.0
+    assert apply["inputs"]["model"] == ["4", 0] and converted["17"]["inputs"]["images"] == [next(k for k, e in converted.items() if e is face), 1]
+    notes = [n["note"] for n in report.notes]
+    assert any("adds no LoRA" in n for n in notes) and any("aligned at 224 pixels" in n for n in notes)
+    assert any("provider ROCM is not offered here" in n for n in notes)
+
+
+def test_faceid_node_with_a_clip_adapter_is_advanced():
+    """Without a FaceID adapter the leading pack's FaceID node runs as IPAdapter Advanced."""
+    loader = {"inputs": {"preset": "PLUS (high strength)", "model": ["4", 0]}, "class_type": "IPAdapterUnifiedLoader"}
+    prompt = faceid_prompt(loader, ipadapter=["11", 1])
+    del prompt["17"]
+    converted, report = convert_workflow(prompt)
+    assert report.unconvertible == [] and converted["16"]["inputs"]["lora_strength"] == 1.0
+    assert {e["class_type"] for e in converted.values()} >= {"ExactEncodeImagePrompt", "ExactApplyIPAdapter"}
+    assert "ExactEncodeFaceImagePrompt" not in {e["class_type"] for e in converted.values()}
+    _, report = convert_workflow(faceid_prompt(loader, ipadapter=["11", 1]))  # its face crops are used: nothing to give them
+    assert report.unconvertible[0]["type"] == "IPAdapterFaceID" and "face_image output is empty" in report.unconvertible[0]["reason"]
+
+
+def test_other_nodes_with_a_faceid_loader():
+    """IPAdapter Advanced and Mad Scientist do FaceID with that loader's adapter (plusv2 at twice the weight where the
+    node has no weight_faceidv2); nodes with no FaceID form stay."""
+    workflow = edit(load("faceid_unified"), 11, preset="FACEID PLUS V2")
+    prompt = api_of(workflow)
+    prompt["16"] = {"inputs": {**{k: v for k, v in prompt["16"]["inputs"].items() if k != "weight_faceidv2"}, "weight": 1.2},
+                    "class_type": "IPAdapterAdvanced", "_meta": {"title": "IPAdapter Advanced"}}
+    del prompt["17"]
+    converted, _ = convert_workflow(prompt)
+    face = next(e for e in converted.values() if e["class_type"] == "ExactEncodeFaceImagePrompt")
+    assert face["inputs"]["v2_scale"] == 2.4 and converted["16"]["inputs"]["lora_strength"] == 0.6
+    prompt["16"] = {"inputs": {**prompt["16"]["inputs"], "weight_faceidv2": 0.5, "layer_weights": "3: 1, 6: 0.5"}, "class_type": "IPAdapterMS"}
+    converted, _ = convert_workflow(prompt)
+    face = next(e for e in converted.values() if e["class_type"] == "ExactEncodeFaceImagePrompt")
+    assert face["inputs"]["v2_scale"] == 0.5 and converted["16"]["inputs"]["layer_weights"] == "all: 0, 3: 1.0, 6: 0.5"
+    prompt["16"] = {"inputs": {**prompt["16"]["inputs"], "sharpening": 0.0}, "class_type": "IPAdapterTiled"}
+    _, report = convert_workflow(prompt)
+    assert report.unconvertible[0]["type"] == "IPAdapterTiled" and "FaceID has no tiled form here" in report.unconvertible[0]["reason"]
+
+
+def test_faceid_insightface_sources():
+    """A FaceID node's own insightface link wins (kept as it is when another pack's node gives it); without one, the
+    InsightFace that IPAdapter Unified Loader FaceID carried becomes a Load InsightFace node."""
+    loader = {"inputs": {"ipadapter_file": "ip-adapter-faceid_sd15.bin"}, "class_type": "IPAdapterModelLoader"}
+    prompt = faceid_prompt(loader, insightface=["18", 0])
+    prompt["18"] = {"inputs": {}, "class_type": "SomeoneElsesInsightFaceLoader"}
+    converted, report = convert_workflow(prompt)
+    face = next(e for e in converted.values() if e["class_type"] == "ExactEncodeFaceImagePrompt")
+    assert face["inputs"]["insightface"] == ["18", 0] and report.unconvertible == []  # a link of another pack is kept as it is
+    prompt = faceid_prompt({"inputs": {"preset": "FACEID", "lora_strength": 0.5, "provider": "CPU", "model": ["4", 0]},
+                            "class_type": "IPAdapterUnifiedLoaderFaceID"}, ipadapter=["11", 1], model=["11", 0])
+    converted, report = convert_workflow(prompt)
+    face = next(e for e in converted.values() if e["class_type"] == "ExactEncodeFaceImagePrompt")
+    insightface = next(k for k, e in converted.items() if e["class_type"] == "ExactLoadInsightFace" and k != "13")
+    assert face["inputs"]["insightface"] == [insightface, 0] and converted["16"]["inputs"]["lora_strength"] == 0.5
 
 
 def edit(workflow: dict, node_id: int, **widgets) -> dict:
@@ -253,7 +424,7 @@ def test_api_format_converts_like_the_ui_format(pack, object_info):
     """Converting the queued prompt gives what queueing the converted workflow gives."""
     from tools.workflow_api import ui_to_api
 
-    for name in ("advanced_unified", "batch_weights"):
+    for name in ("advanced_unified", "batch_weights", "faceid_unified"):
         converted_api, report = convert_workflow(json.loads((FIXTURES / f"{name}_api.json").read_text()))
         converted_ui, _ = convert_workflow(load(name))
         assert report.format == "api" and report.unconvertible == []
@@ -276,7 +447,7 @@ def test_command_line(tmp_path, caplog):
     out, report = tmp_path / "out.json", tmp_path / "report.json"
     assert main([str(FIXTURES / "mixed_unconvertible.json"), str(out), "--report", str(report)]) == 0
     assert json.loads(out.read_text()) == convert_workflow(load("mixed_unconvertible"))[0]
-    assert {u["type"] for u in json.loads(report.read_text())["unconvertible"]} == {"IPAdapterFaceID", "IPAdapterInsightFaceLoader"}
+    assert {u["type"] for u in json.loads(report.read_text())["unconvertible"]} == {"IPAdapterFaceIDKolors"}
     assert "  IPAdapterTiled #13 -> ExactIPAdapterTiled" in caplog.messages
     (tmp_path / "bad.json").write_text("{\"nodes\": 3}")
     assert main([str(tmp_path / "bad.json"), str(out)]) == 2

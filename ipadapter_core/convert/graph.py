@@ -7,7 +7,15 @@ from typing import Any
 
 from .leading import LEADING_NODES
 from .ours import OUR_NODES
-from .plan import ClipVisionOf, Internal, Plan, Unconvertible, Upstream
+from .plan import (
+    CLIP_VISION,
+    INSIGHTFACE,
+    Carried,
+    Internal,
+    Plan,
+    Unconvertible,
+    Upstream,
+)
 
 PRIMITIVE = "PrimitiveNode"  # the frontend's widget-value node: its value is saved in its targets' widgets
 Source = tuple[Any, str, int]  # (node id, node type, output slot)
@@ -38,7 +46,7 @@ class Graph(ABC):
     @abstractmethod
     def apply(self, plans: dict[Any, Plan], resolved: dict[Any, dict]) -> None: ...
 
-    def view(self, node_id) -> "LeadingView":
+    def view(self, node_id) -> LeadingView:
         return LeadingView(self, node_id)
 
 
@@ -54,6 +62,10 @@ class LeadingView:
     def source(self, name: str) -> tuple[Any, str] | None:
         found = self.graph.source(self.node_id, name)
         return None if found is None or found[1] == PRIMITIVE else found[:2]
+
+    def source_view(self, name: str) -> LeadingView | None:
+        found = self.source(name)
+        return LeadingView(self.graph, found[0]) if found is not None and found[1] in LEADING_NODES else None
 
     def linked(self, name: str) -> bool:
         return self.source(name) is not None
@@ -74,7 +86,8 @@ def resolve_plans(graph: Graph, plans: dict[Any, Plan]) -> tuple[dict[Any, dict]
     """Settle what plans need from each other, dropping plans that cannot be satisfied.
 
     Returns (resolved, dropped): resolved[node][(target index, input)] = (loader id, target index,
-    slot) for CLIP vision models taken from a converted loader; dropped[node] = reason.
+    slot) for what a converted loader's pipeline carried (a CLIP vision model, InsightFace);
+    dropped[node] = reason.
     """
     dropped: dict[Any, str] = {}
     while True:
@@ -88,22 +101,25 @@ def resolve_plans(graph: Graph, plans: dict[Any, Plan]) -> tuple[dict[Any, dict]
             resolved[node_id] = {}
             for index, target in enumerate(plan.targets):
                 for name, ref in target.inputs.items():
-                    if not isinstance(ref, ClipVisionOf):
+                    if not isinstance(ref, Carried):
                         continue
                     found = graph.source(node_id, ref.name)
                     loader = plans.get(found[0]) if found is not None else None
-                    if loader is not None and loader.clip_vision is not None:
-                        resolved[node_id][(index, name)] = (found[0], *loader.clip_vision)
+                    if loader is not None and ref.what in loader.carries:
+                        resolved[node_id][(index, name)] = (found[0], *loader.carries[ref.what])
                     elif ref.required:
-                        failed[node_id] = (
-                            "it needs a CLIP vision model: connect its clip_vision input (its ipadapter does not come from "
-                            "IPAdapter Unified Loader)"
-                        )
+                        failed[node_id] = MISSING[ref.what]
         if not failed:
             return resolved, dropped
         for node_id, reason in failed.items():
             del plans[node_id]
             dropped[node_id] = reason
+
+
+MISSING = {  # why a plan that needs what a pipeline carried cannot convert without it
+    CLIP_VISION: "it needs a CLIP vision model: connect its clip_vision input (its ipadapter does not come from IPAdapter Unified Loader)",
+    INSIGHTFACE: "it needs InsightFace: connect its insightface input (its ipadapter does not come from IPAdapter Unified Loader FaceID)",
+}
 
 
 def target_inputs(target_type: str, target_inputs: dict) -> list[tuple[str, str, bool, bool]]:
@@ -132,10 +148,10 @@ def split_target(target) -> tuple[dict, dict]:
 
 
 def origin_of(ref, node_id, target_ids: dict, resolved: dict, index: int, name: str):
-    """(origin node id, origin slot) of an Internal or resolved ClipVisionOf ref; None for Upstream."""
+    """(origin node id, origin slot) of an Internal or resolved Carried ref; None for Upstream."""
     if isinstance(ref, Internal):
         return target_ids[node_id][ref.index], ref.slot
-    if isinstance(ref, ClipVisionOf):
+    if isinstance(ref, Carried):
         found = resolved.get(node_id, {}).get((index, name))
         if found is None:
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..clip_embeds import EMBEDS_COMBINE_METHODS
 from ..encoding import COMBINE_METHODS, CROP_MODES
+from ..face_analysis import FACE_SELECTIONS, MODEL_PACKS, PROVIDERS
 from ..image_branch import SCALING_MODES
 from ..layer_weights import WEIGHT_TYPES
 from ..negatives import NEGATIVE_KINDS
@@ -18,6 +19,7 @@ from ..schedules import SCHEDULE_METHODS
 from .specs import NodeSpec, boolean, combo, link, number, text
 
 IPADAPTER, IMAGE_PROMPT, WEIGHT_SCHEDULE, CLIP_EMBEDS = "EXACT_IPADAPTER", "EXACT_IMAGE_PROMPT", "EXACT_IPADAPTER_WEIGHTS", "EXACT_CLIP_EMBEDS"
+INSIGHTFACE = "EXACT_INSIGHTFACE"
 
 OUR_NODES: dict[str, NodeSpec] = {
     "ExactLoadIPAdapter": NodeSpec((combo("ipadapter_file"),), (("ipadapter", IPADAPTER),)),
@@ -28,8 +30,19 @@ OUR_NODES: dict[str, NodeSpec] = {
     "ExactEncodeImagePrompt": NodeSpec(
         (link("ipadapter", IPADAPTER), link("clip_vision", "CLIP_VISION"), link("image", "IMAGE"), link("negative_image", "IMAGE", optional=True),
          combo("combine", COMBINE_METHODS, default="concat", optional=True), text("image_weights", "", optional=True),
-         combo("crop", CROP_MODES, default="center", optional=True)),
+         combo("crop", CROP_MODES, default="center", optional=True), number("encode_batch_size", "INT", 0, optional=True)),
         (("image_prompt", IMAGE_PROMPT),),
+    ),
+    "ExactLoadInsightFace": NodeSpec(
+        (combo("model_name", tuple(MODEL_PACKS), default="buffalo_l"), combo("provider", tuple(PROVIDERS), default="CPU")),
+        (("insightface", INSIGHTFACE),),
+    ),
+    "ExactEncodeFaceImagePrompt": NodeSpec(
+        (link("ipadapter", IPADAPTER), link("insightface", INSIGHTFACE), link("image", "IMAGE"), link("clip_vision", "CLIP_VISION", optional=True),
+         boolean("faceid_v2", True, optional=True), number("v2_scale", "FLOAT", 1.0, optional=True),
+         combo("faces", FACE_SELECTIONS, default="largest", optional=True), combo("combine", COMBINE_METHODS, default="concat", optional=True),
+         text("image_weights", "", optional=True)),
+        (("image_prompt", IMAGE_PROMPT), ("face_crops", "IMAGE")),
     ),
     "ExactApplyIPAdapter": NodeSpec(
         (link("model", "MODEL"), link("ipadapter", IPADAPTER), link("image_prompt", IMAGE_PROMPT), number("weight", "FLOAT", 1.0),
@@ -37,7 +50,7 @@ OUR_NODES: dict[str, NodeSpec] = {
          combo("weight_type", WEIGHT_TYPES, default="linear", optional=True), combo("embeds_scaling", SCALING_MODES, default="V only", optional=True),
          link("attn_mask", "MASK", optional=True), boolean("unfold_batch", False, optional=True), link("weight_schedule", WEIGHT_SCHEDULE, optional=True),
          link("composition_image_prompt", IMAGE_PROMPT, optional=True), number("composition_weight", "FLOAT", 1.0, optional=True),
-         text("layer_weights", "", optional=True)),
+         text("layer_weights", "", optional=True), number("lora_strength", "FLOAT", 1.0, optional=True)),
         (("model", "MODEL"),),
     ),
     "ExactPrepareImageForClip": NodeSpec(
@@ -87,6 +100,8 @@ DISPLAY_NAMES = {
     "ExactLoadIPAdapterPreset": "Load IP-Adapter Preset",
     "ExactEncodeImagePrompt": "Encode Image Prompt (IP-Adapter)",
     "ExactApplyIPAdapter": "Apply IP-Adapter",
+    "ExactLoadInsightFace": "Load InsightFace (IP-Adapter FaceID)",
+    "ExactEncodeFaceImagePrompt": "Encode Face Image Prompt (IP-Adapter FaceID)",
     "ExactPrepareImageForClip": "Prepare Image For CLIP (IP-Adapter)",
     "ExactMakeNegativeImage": "Make Negative Image (IP-Adapter)",
     "ExactIPAdapterWeightSchedule": "IP-Adapter Weight Schedule",

@@ -33,15 +33,20 @@ class Internal:
     slot: int
 
 
+CLIP_VISION, INSIGHTFACE = "clip_vision", "insightface"  # what the leading pack's IPADAPTER pipeline carries besides the adapter
+
+
 @dataclass(frozen=True)
-class ClipVisionOf:
-    """The CLIP vision model of the loader that feeds input `name` (the leading pack's pipeline carried it)."""
+class Carried:
+    """What the loader feeding input `name` carried in the leading pack's pipeline (`what`: CLIP_VISION
+    or INSIGHTFACE), now an output of that loader's plan."""
 
     name: str
+    what: str = CLIP_VISION
     required: bool = True
 
 
-Ref = Upstream | Internal | ClipVisionOf
+Ref = Upstream | Internal | Carried
 
 
 @dataclass
@@ -56,12 +61,13 @@ class Target:
 @dataclass
 class Plan:
     """targets[0] takes the leading node's place (id, position, title); outputs maps its output slots
-    to (target index, slot); clip_vision names the target output that carries a CLIP vision model."""
+    to (target index, slot); carries names the target outputs that give what a loader's pipeline
+    carried ({CLIP_VISION: (target index, slot)}, ...)."""
 
     targets: list[Target]
     outputs: dict[int, tuple[int, int]]
     notes: list[str] = field(default_factory=list)
-    clip_vision: tuple[int, int] | None = None
+    carries: dict[str, tuple[int, int]] = field(default_factory=dict)
     needs_converted: set = field(default_factory=set)  # node ids that must convert too, or this one cannot
 
 
@@ -81,6 +87,9 @@ class NodeView(Protocol):
 
     def source(self, name: str) -> tuple[Any, str] | None:
         """(node id, node type) of the real node feeding input `name`, through reroutes."""
+
+    def source_view(self, name: str) -> NodeView | None:
+        """The leading-pack node feeding input `name`, read like this one; None for any other source."""
 
     def consumers(self, slot: int) -> list[tuple[Any, str, str]]:
         """(node id, node type, input name) of every node fed by output `slot`, through reroutes."""
