@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -234,10 +236,12 @@ def test_batch_mismatch_raised_before_the_first_step(comfy, tiny_model, adapters
 # --- per-layer weights ----------------------------------------------------------------------------
 
 
+@functools.cache
 def layers_of(architecture):
+    """The cross-attention layers of the full SD1.5 or SDXL UNet (built once: the meta model takes seconds)."""
     from comfyui_ipadapter.ipadapter_core.layer_map import cross_attention_layers
 
-    return cross_attention_layers(meta_model(architecture)[1].get_model_object("diffusion_model"))
+    return tuple(cross_attention_layers(meta_model(architecture)[1].get_model_object("diffusion_model")))
 
 
 @pytest.mark.parametrize("architecture, sizes", [("sd15", (4, 6, 6)), ("sdxl", (4, 60, 6))])
