@@ -123,15 +123,21 @@ def test_embeds_files_are_the_leading_packs_and_never_run_code(pack, tmp_path):
     torch.save(embeds.half(), tmp_path / "leading.ipadpt")  # as the leading pack writes them (any float dtype)
     assert torch.equal(load_clip_embeds(tmp_path / "leading.ipadpt"), embeds.half().float())
 
+    marker = tmp_path / "ran"
+
     class Payload:
         def __reduce__(self):
-            return (exec, ("import pathlib; pathlib.Path('ran').write_text('x')",))
+            return (exec, (f"import pathlib; pathlib.Path({str(marker)!r}).write_text('x')",))
+
+    pickle.loads(pickle.dumps(Payload()))  # what an unpickler that runs code would do
+    assert marker.exists()
+    marker.unlink()
 
     with open(tmp_path / "evil.ipadpt", "wb") as file:
         pickle.dump(Payload(), file)
     with pytest.raises(IPAdapterError, match="refused"):
         load_clip_embeds(tmp_path / "evil.ipadpt")
-    assert not (tmp_path / "ran").exists()
+    assert not marker.exists()
     torch.save({"not": "a tensor"}, tmp_path / "dict.ipadpt")
     with pytest.raises(IPAdapterError, match="not CLIP embeds"):
         load_clip_embeds(tmp_path / "dict.ipadpt")
