@@ -1,4 +1,4 @@
-"""The server route behind the web UI's "convert ComfyUI_IPAdapter_plus nodes" command (web/js/convert_leading.js).
+"""The server route behind the web UI's "convert ComfyUI_IPAdapter_plus nodes" command (web/js/convert_leading_ipadapter.js).
 
 POST /exact_ipadapter/convert with {"workflow": <the open graph>} answers {"workflow", "report", "lines"}:
 the same conversion as `python -m ipadapter_core.convert`, done where the pack's code is.

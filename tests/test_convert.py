@@ -104,6 +104,24 @@ def test_everything_else_is_kept(name):
     assert not {n["type"] for n in converted["nodes"]} & (set(LEADING_NODES) - {u["type"] for u in report.unconvertible})
 
 
+@pytest.mark.parametrize("name", ["advanced_unified_api", "batch_weights_api", "faceid_unified_api"])
+def test_api_format_keeps_everything_else(name):
+    """Every other entry stays as it was; only links from a replaced node point at the node taking its output now."""
+    original = load(name)
+    converted, report = convert_workflow(original)
+    assert original == load(name) and report.format == "api" and report.unconvertible == []
+    replaced = {entry["id"] for entry in report.converted}
+    for node_id, entry in original.items():
+        if node_id in replaced:
+            continue
+        kept = converted[node_id]
+        assert kept["class_type"] == entry["class_type"] and kept.get("_meta") == entry.get("_meta") and set(kept["inputs"]) == set(entry["inputs"])
+        for input_name, value in entry["inputs"].items():
+            moved = isinstance(value, list) and value[0] in replaced
+            assert kept["inputs"][input_name] == value or (moved and converted[kept["inputs"][input_name][0]]["class_type"] in OUR_NODES)
+    assert set(converted) >= set(original) and not {e["class_type"] for e in converted.values()} & set(LEADING_NODES)
+
+
 def test_advanced_workflow_with_a_unified_loader():
     converted, report = convert_workflow(load("advanced_unified"))
     nodes = by_id(converted)
