@@ -15,8 +15,8 @@ from ipadapter_core.branches import FRACTION_RANGE, WEIGHT_RANGE, build_branches
 from ipadapter_core.checkpoint import split_adapter_weights
 from ipadapter_core.errors import IPAdapterError
 from ipadapter_core.image_prompt import ImagePrompt
-from ipadapter_core.layer_map import CrossAttentionLayer
-from ipadapter_core.layer_weights import composition_factors, layer_factors
+from ipadapter_core.layer_map import DIT_BLOCK, CrossAttentionLayer
+from ipadapter_core.layer_weights import apply_layer_spec, composition_factors, layer_factors
 from test_layer_map import SD15_TABLE
 from tools.random_models import SD15_LAYER_DIMS, adapter_state_dict
 
@@ -133,3 +133,22 @@ def test_a_valid_mask_becomes_a_float_batch_on_the_cpu():
     assert single.shape == (1, 4, 6) and single.dtype == torch.float32
     batch = torch.rand(3, 4, 6)
     assert torch.equal(check_mask(batch), batch)
+
+
+def test_transformer_stacks_take_the_ease_ramps_over_their_blocks():
+    """Flux/SD3.5: the same formulas as on UNets (the leading pack's), block t of N first to last; block numbers select."""
+    blocks = 19
+    layers = [CrossAttentionLayer((DIT_BLOCK, index, 0), index, 3072, 0, 24) for index in range(blocks)]
+    ramps = {"ease in": lambda t: 1 - t / blocks, "ease out": lambda t: t / blocks,
+             "ease in-out": lambda t: 1 - abs(t - blocks / 2) / (blocks / 2), "reverse in-out": lambda t: abs(t - blocks / 2) / (blocks / 2)}
+    for name, ramp in ramps.items():
+        expected = {(DIT_BLOCK, t, 0): 0.05 + 0.95 * ramp(t) for t in range(blocks)}
+        assert layer_factors(layers, name) == pytest.approx(expected, abs=1e-12), name
+    for name in ("weak input", "style transfer", "strong style and composition"):
+        with pytest.raises(IPAdapterError, match="one stack of blocks"):
+            layer_factors(layers, name)
+    numbered = apply_layer_spec(layer_factors(layers, "linear"), layers, "all: 0, 3: 1")
+    assert numbered == apply_layer_spec(layer_factors(layers, "linear"), layers, "all: 0, block 3: 1")
+    assert {key for key, value in numbered.items() if value} == {(DIT_BLOCK, 3, 0)}
+    with pytest.raises(IPAdapterError, match="no UNet stages"):
+        apply_layer_spec(layer_factors(layers, "linear"), layers, "middle: 0")
