@@ -1,11 +1,11 @@
 """Adopting the pack beside ComfyUI_IPAdapter_plus, in a real ComfyUI server and its web page.
 
-Beside it: a server with this pack (as ComfyUI Manager installs it) and a stand-in registering the
-leading pack's node ids, socket types and model folder (tests/leading_standin.py). Both packs'
-nodes must stay registered with their own types, and workflows of either kind must run.
-Without it (the usual migration): a leading-pack workflow dropped on the page shows its missing
-nodes; the Edit menu's "Convert ComfyUI_IPAdapter_plus nodes" converts the open graph in place,
-and the converted graph queues and saves an image.
+One server (to load the models once) with this pack, installed as ComfyUI Manager installs it,
+and a stand-in registering the leading pack's node ids, socket types and model folder
+(tests/leading_standin.py). Both packs' nodes must stay registered with their own types, our
+workflows must run, and so must converted ones: an API-format prompt converted by the core, and
+a UI workflow dropped on the page and converted in place by the Edit menu's "Convert
+ComfyUI_IPAdapter_plus nodes", then queued from the page.
 """
 
 from __future__ import annotations
@@ -36,20 +36,15 @@ ARTIFACTS = REPO / "tests" / "artifacts"
 RUN_TIMEOUT = 600
 
 
-def start(tmp_path_factory, name: str, standin: bool):
+@pytest.fixture(scope="module")
+def beside(tmp_path_factory):
     models = build_embedded_models()
-    base = tmp_path_factory.mktemp(name)
+    base = tmp_path_factory.mktemp("beside-leading")
     (base / "input").mkdir()
     for image in (REPO / "workflows").glob("*.png"):
         shutil.copy2(image, base / "input" / image.name)
-    if standin:
-        write_standin(base / "custom_nodes")
-    return ComfyServer(base, models, install="copy")
-
-
-@pytest.fixture(scope="module")
-def beside(tmp_path_factory):
-    with start(tmp_path_factory, "beside-leading", standin=True) as server:
+    write_standin(base / "custom_nodes")
+    with ComfyServer(base, models, install="copy") as server:
         yield server
 
 
@@ -89,16 +84,21 @@ def test_our_workflow_runs_beside_it(beside):
     assert image.size == (256, 256)
 
 
-def test_converted_leading_workflow_runs(beside):
-    """The API format, per-frame weights on a batch: the schedule's values reach the latents (2 of its 4 here)."""
-    converted, report = convert_workflow(fixture("batch_weights_api"))
+def test_converted_faceid_workflow_runs(beside):
+    """The API format, FaceID through IPAdapter Unified Loader FaceID: its preset is resolved from the weights of the
+    files in models/ipadapter (the plusv2 file among CLIP adapters), its InsightFace and LoRA move to our nodes."""
+    pytest.importorskip("insightface")  # requirements-faceid.txt, installed in CI
+    converted, report = convert_workflow(fixture("faceid_unified_api"))
     assert report.unconvertible == [] and not {entry["class_type"] for entry in converted.values()} & set(LEADING_NODES)
-    for entry in converted.values():  # what shrink_for_cpu does to the UI format, and a smaller batch
+    for entry in converted.values():  # what shrink_for_cpu does to the UI format
         if entry["class_type"] == "EmptyLatentImage":
-            entry["inputs"].update(width=256, height=256, batch_size=2)
+            entry["inputs"].update(width=256, height=256)
         if entry["class_type"] == "KSampler":
             entry["inputs"]["steps"] = 4
-    assert [image.size for image in run(beside, converted)] == [(256, 256)] * 2
+    prompt_id = beside.queue(converted)
+    history = beside.wait(prompt_id, timeout=RUN_TIMEOUT)
+    images = {ref["type"]: Image.open(io.BytesIO(beside.fetch(ref))).size for ref in beside.output_images(history)}
+    assert images == {"output": (256, 256), "temp": (224, 224)}  # the image, and the aligned face crop previewed
 
 
 def test_route_refuses_what_is_not_a_workflow(beside):
@@ -107,27 +107,20 @@ def test_route_refuses_what_is_not_a_workflow(beside):
     assert refused.value.code == 400 and "not a ComfyUI workflow" in json.loads(refused.value.read())["error"]
     answer = json.loads(beside.request("/exact_ipadapter/convert", {"workflow": fixture("mixed_unconvertible")}))
     assert answer["workflow"] == convert_workflow(fixture("mixed_unconvertible"))[0]
-    assert {u["type"] for u in answer["report"]["unconvertible"]} == {"IPAdapterFaceID", "IPAdapterInsightFaceLoader"}
+    assert [u["type"] for u in answer["report"]["unconvertible"]] == ["IPAdapterFaceIDKolors"]
 
 
-# --- the web page, without the leading pack ----------------------------------------------------------
+# --- the web page ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def alone(tmp_path_factory):
-    with start(tmp_path_factory, "without-leading", standin=False) as server:
-        yield server
-
-
-def test_convert_from_the_menu_then_queue(alone):
-    info = alone.object_info()
+def test_convert_from_the_menu_then_queue(beside):
+    info = beside.object_info()
     workflow = shrink_for_cpu(fixture("advanced_unified"), info)
     with chromium() as context:
-        page = ComfyPage(context.new_page(), alone.url)
+        page = ComfyPage(context.new_page(), beside.url)
         page.open()
         page.drop_workflow(json.dumps(workflow), "advanced_unified.json")
-        missing = page.wait_for_dialog("missing nodes")
-        assert "IPAdapterAdvanced" in missing and "IPAdapterUnifiedLoader" in missing
+        page.page.wait_for_function("app.graph.nodes.some(n => n.type === 'IPAdapterAdvanced')", timeout=page.timeout_ms)
         page.close_dialogs()
         page.page.click(".comfy-menu-button-wrapper")
         page.page.get_by_role("menuitem", name="Edit").hover()
@@ -143,7 +136,7 @@ def test_convert_from_the_menu_then_queue(alone):
         assert page.active_workflow().endswith("advanced_unified.json")  # converted in place, in the same tab
         status, answer = page.queue()
         assert status == 200 and not answer.get("node_errors"), answer
-        history = alone.wait(answer["prompt_id"], timeout=RUN_TIMEOUT)
-        (saved,) = [ref for ref in alone.output_images(history) if ref["type"] == "output"]
-        assert Image.open(io.BytesIO(alone.fetch(saved))).size == (256, 256)
+        history = beside.wait(answer["prompt_id"], timeout=RUN_TIMEOUT)
+        (saved,) = [ref for ref in beside.output_images(history) if ref["type"] == "output"]
+        assert Image.open(io.BytesIO(beside.fetch(saved))).size == (256, 256)
         assert page.page_errors == []
