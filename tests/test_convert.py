@@ -150,6 +150,16 @@ def test_advanced_workflow_with_a_unified_loader():
     assert ("PrepImageForClipVision", "LANCZOS resampling becomes bicubic") in notes
 
 
+@pytest.mark.parametrize("preset, ours", [
+    ("LIGHT - SD1.5 only (low strength)", "light"), ("STANDARD (medium strength)", "standard"), ("VIT-G (medium strength)", "vit-G"),
+    ("PLUS (high strength)", "plus"), ("PLUS FACE (portraits)", "plus face"), ("FULL FACE - SD1.5 only (portraits stronger)", "full face"),
+])
+def test_unified_loader_presets(preset, ours):
+    """Each of that loader's presets (its list, copied by hand) names ours; the file stays 'auto', picked by its weights at run time."""
+    converted, report = convert_workflow(edit(load("advanced_unified"), 11, preset=preset))
+    assert widgets_of(by_id(converted)[11]) == {"preset": ours, "ipadapter_file": "auto"} and report.unconvertible == []
+
+
 def test_weighted_embeds_keep_their_pre_projection_form():
     converted, report = convert_workflow(load("weighted_embeds"))
     nodes = by_id(converted)
@@ -163,6 +173,24 @@ def test_weighted_embeds_keep_their_pre_projection_form():
     assert source(converted, project, "negative_embeds") == ("ExactEncodeClipEmbeds", 1)
     assert source(converted, project, "clip_vision") == ("ExactLoadIPAdapterPreset", 2)
     assert widgets_of(nodes[19]) == {"filename_prefix": "IP_embeds"}
+
+
+def test_loaded_embeds_feed_the_projection():
+    """IPAdapter Load Embeds becomes Load CLIP Embeds of the same file (read with weights_only=True: tests/test_leading_nodes.py),
+    and what it fed into IPAdapter Embeds is projected by the adapter of that node."""
+    prompt = {
+        "11": {"inputs": {"preset": "PLUS (high strength)", "model": ["4", 0]}, "class_type": "IPAdapterUnifiedLoader"},
+        "12": {"inputs": {"embeds": "reference.ipadpt"}, "class_type": "IPAdapterLoadEmbeds", "_meta": {"title": "my embeds"}},
+        "14": {"inputs": {"weight": 0.7, "weight_type": "linear", "start_at": 0, "end_at": 1, "embeds_scaling": "V only", "model": ["11", 0],
+                          "ipadapter": ["11", 1], "pos_embed": ["12", 0]}, "class_type": "IPAdapterEmbeds"},
+        "3": {"inputs": {"model": ["14", 0]}, "class_type": "KSampler"},
+    }
+    converted, report = convert_workflow(prompt)
+    assert report.unconvertible == []
+    assert converted["12"] == {"inputs": {"embeds_file": "reference.ipadpt"}, "class_type": "ExactLoadClipEmbeds", "_meta": {"title": "my embeds"}}
+    (project,) = [e for e in converted.values() if e["class_type"] == "ExactProjectClipEmbeds"]
+    assert project["inputs"] == {"ipadapter": ["11", 1], "embeds": ["12", 0], "clip_vision": ["11", 2]}
+    assert converted["14"]["class_type"] == "ExactApplyIPAdapter" and converted["14"]["inputs"]["weight"] == 0.7
 
 
 def test_frame_weights_become_a_schedule_with_the_same_values():
@@ -255,6 +283,18 @@ def test_faceid_presets(preset, ours, faceid_v2, lora_strength):
     face = next(n for n in converted["nodes"] if n["type"] == "ExactEncodeFaceImagePrompt")
     assert widgets_of(by_id(converted)[11])["preset"] == ours
     assert widgets_of(face)["faceid_v2"] is faceid_v2 and widgets_of(by_id(converted)[16])["lora_strength"] == lora_strength
+
+
+def test_faceid_batch_is_faceid_one_frame_per_image():
+    """IPAdapter FaceID Batch (registered as IPAAdapterFaceIDBatch there) converts as IPAdapter FaceID does, with unfold_batch on."""
+    workflow = load("faceid_unified")
+    by_id(workflow)[16]["type"] = "IPAAdapterFaceIDBatch"  # the same widgets and sockets as IPAdapter FaceID
+    single, _ = convert_workflow(load("faceid_unified"))
+    converted, report = convert_workflow(workflow)
+    assert report.unconvertible == [] and [c["type"] for c in report.converted] == ["IPAdapterUnifiedLoaderFaceID", "IPAAdapterFaceIDBatch"]
+    assert widgets_of(by_id(converted)[16]) == widgets_of(by_id(single)[16]) | {"unfold_batch": True}
+    face = [n for n in converted["nodes"] if n["type"] == "ExactEncodeFaceImagePrompt"]
+    assert [widgets_of(n) for n in face] == [widgets_of(n) for n in single["nodes"] if n["type"] == "ExactEncodeFaceImagePrompt"]
 
 
 def test_faceid_loader_provider_and_lora_notes():
