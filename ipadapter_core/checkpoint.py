@@ -5,29 +5,28 @@ Official files come as `.bin` (a pickled `{"image_proj": ..., "ip_adapter": ...}
 `adapter_modules.` instead of `ip_adapter.`. XLabs' Flux adapters name their keys after the
 Flux model (`ip_adapter_proj_model.*`, `double_blocks.{i}.processor.ip_adapter_double_stream_{k,v}_proj.*`);
 they are renamed to the common `image_proj` / `{i}.to_{k,v}_ip.*` layout here, as diffusers'
-loader does. Pickles are only ever read with `weights_only=True`, so a file that needs
-arbitrary code to load is refused, not run.
+loader does. Files are read through weight_files.py: pickles are checked before
+`torch.load(weights_only=True)` sees them, so a file that needs arbitrary code to load is
+refused, not run, and a damaged one is reported as such.
 """
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from .errors import IPAdapterError
+from .weight_files import read_weights
 
 StateDict = dict[str, torch.Tensor]
 
-SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 ADAPTER_PREFIXES = ("ip_adapter.", "adapter_modules.")
 XLABS_PROJECTION_PREFIX = "ip_adapter_proj_model."
 XLABS_BLOCK_KEY = re.compile(r"^double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)$")
+MISSING = "Put it in ComfyUI's models/ipadapter folder."
 
 
 @dataclass(frozen=True)
@@ -39,32 +38,8 @@ class AdapterWeights:
 
 
 def read_weights_file(path: str | Path) -> StateDict:
-    """Load a weights file as a flat or nested dict of tensors, refusing unsafe pickles."""
-    path = Path(path)
-    if not path.is_file():
-        raise IPAdapterError(f"IP-Adapter file not found: {path}. Put it in ComfyUI's models/ipadapter folder.")
-    try:
-        if path.suffix in SAFETENSORS_SUFFIXES:
-            return load_file(str(path), device="cpu")
-        if path.suffix in PICKLE_SUFFIXES:
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "GLOBAL" not in str(error):  # not a refused import: the pickle stream itself is broken
-            raise IPAdapterError(
-                f"{path.name} could not be read as plain weights: the file is corrupt or truncated, or it is a "
-                "pickle that needs code to load. Download it again, preferably the .safetensors release."
-            ) from error
-        raise IPAdapterError(
-            f"{path.name} contains Python objects that can only be loaded by unpickling, which can run "
-            "arbitrary code; it was not loaded. Use the official .safetensors release of this adapter, "
-            f"or convert the file with a tool you trust. ({first_line(error)})"
-        ) from error
-    except Exception as error:  # a damaged stream can make the unpickler raise almost anything
-        raise IPAdapterError(
-            f"{path.name} could not be read: the file is corrupt or truncated ({first_line(error)}). "
-            "Download it again."
-        ) from error
-    raise IPAdapterError(f"{path.name}: unsupported file type {path.suffix!r}; use .safetensors or .bin.")
+    """Load a weights file as a flat or nested dict of tensors, refusing unsafe pickles and damaged files."""
+    return read_weights(path, "IP-Adapter", MISSING)
 
 
 def split_adapter_weights(state_dict: dict, source: str = "the file") -> AdapterWeights:
@@ -95,18 +70,17 @@ def split_adapter_weights(state_dict: dict, source: str = "the file") -> Adapter
     if not image_proj:
         raise IPAdapterError(f"{source} has no `image_proj` weights; the file is incomplete. Download it again.")
     for name, tensor in {**image_proj, **ip_adapter}.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise IPAdapterError(f"{source}: entry {name!r} is not a tensor; the file is not an IP-Adapter checkpoint.")
+        check_weight(source, name, tensor)
     return AdapterWeights(image_proj=image_proj, ip_adapter=ip_adapter)
 
 
 def split_xlabs(state_dict: dict, source: str) -> tuple[dict, dict]:
     image_proj, ip_adapter = {}, {}
     for key, value in state_dict.items():
-        if key.startswith(XLABS_PROJECTION_PREFIX):
+        if isinstance(key, str) and key.startswith(XLABS_PROJECTION_PREFIX):
             image_proj[key[len(XLABS_PROJECTION_PREFIX):]] = value
             continue
-        match = XLABS_BLOCK_KEY.match(key)
+        match = XLABS_BLOCK_KEY.match(key) if isinstance(key, str) else None
         if match is None:
             raise IPAdapterError(f"{source}: unexpected key {key!r} in an XLabs Flux IP-Adapter; the file is not a supported Flux IP-Adapter.")
         block, kv, kind = match.groups()
@@ -114,14 +88,19 @@ def split_xlabs(state_dict: dict, source: str) -> tuple[dict, dict]:
     return image_proj, ip_adapter
 
 
+def check_weight(source: str, name: object, tensor: object) -> None:
+    """Each entry must be a finite floating-point tensor: anything else is damage, not a variant."""
+    if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+        raise IPAdapterError(f"{source}: entry {name!r} is not a named tensor; the file is not an IP-Adapter checkpoint.")
+    if not tensor.is_floating_point() or tensor.is_complex():
+        raise IPAdapterError(f"{source}: {name} holds {tensor.dtype} values, but IP-Adapter weights are floating point; the file is damaged. Download it again.")
+    if tensor.device.type != "meta" and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        raise IPAdapterError(f"{source}: {name} contains NaN or infinite values; the file is damaged. Download it again.")
+
+
 def load_adapter_weights(path: str | Path) -> AdapterWeights:
     return split_adapter_weights(read_weights_file(path), source=Path(path).name)
 
 
 def strip_prefix(state_dict: dict, prefix: str) -> dict:
-    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
+    return {key[len(prefix):]: value for key, value in state_dict.items() if isinstance(key, str) and key.startswith(prefix)}

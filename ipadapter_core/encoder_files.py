@@ -2,7 +2,8 @@
 
 Encoder files are renamed freely (model.safetensors, pytorch_model.bin, ...) and the official
 names are easy to mix up, so the choice reads the architecture from key names and tensor
-shapes: only the header of a safetensors file, a memory-mapped view of a pickle. Results are
+shapes: only the header of a safetensors file, a memory-mapped view of a pickle (checked first
+by weight_files.py, like every file the pack reads). Results are
 cached per (path, size, mtime), so listing the folder again costs nothing until a file changes.
 """
 
@@ -18,9 +19,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoint import SAFETENSORS_SUFFIXES
 from .errors import IPAdapterError
 from .variants import ENCODERS, IMAGE_EMBEDS, PENULTIMATE, SIGLIP, AdapterSpec
+from .weight_files import load_pickle_weights, read_weights, regular_file_size, safetensors_shapes, weight_format
 
 # Full architectures (image_embeds width, hidden width): an adapter needs the encoder it was
 # trained with, not merely one whose output happens to have the same width. SigLIP has no
@@ -79,33 +80,47 @@ def siglip_widths(shapes: Mapping[str, tuple[int, ...]]) -> EncoderWidths | None
     return EncoderWidths(embeds=0, hidden=norm[0], layers=max(layers) + 1, positions=positions[0]) if layers else None
 
 
+MISSING = "Put CLIP vision models in ComfyUI's models/clip_vision folder."
+
+
 def read_encoder_widths(path: str | Path) -> EncoderWidths | None:
-    """The file's architecture, cached until its size or mtime changes; None if it is not a CLIP vision model."""
+    """The file's architecture, cached until its size or mtime changes; None if it is not a readable CLIP vision model."""
+    widths, problem = encoder_file_state(path)
+    if problem is not None:
+        logging.warning("IP-Adapter: skipping %s", problem)
+    return widths
+
+
+def encoder_file_state(path: str | Path) -> tuple[EncoderWidths | None, str | None]:
+    """(widths or None, why the file could not be read or None)."""
     path = Path(path)
-    stat = path.stat()
-    return cached_widths(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    try:
+        regular_file_size(path, MISSING)
+        info = path.stat()
+    except (IPAdapterError, OSError) as error:
+        return None, str(error)
+    return cached_widths(str(path.resolve()), info.st_size, info.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=256)
-def cached_widths(path: str, size: int, mtime_ns: int) -> EncoderWidths | None:
-    return widths_from_shapes(read_shapes(Path(path)))
-
-
-def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Key -> shape without reading tensor data; {} for files that cannot be read as weights."""
+def cached_widths(path: str, size: int, mtime_ns: int) -> tuple[EncoderWidths | None, str | None]:
     try:
-        if path.suffix in SAFETENSORS_SUFFIXES:
-            with safe_open(str(path), framework="pt", device="cpu") as file:
-                return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001  the unpickler fails in many ways on junk; one bad file must not stop the scan
-        logging.warning("IP-Adapter: skipping %s, not readable as plain weights (%s)", path.name, str(error).strip()[:200])
-        return {}
+        shapes = read_weights(path, "CLIP vision", MISSING, reader=read_shapes)
+    except IPAdapterError as error:
+        return None, str(error)
+    return widths_from_shapes(shapes), None
+
+
+def read_shapes(path: Path, size: int) -> dict[str, tuple[int, ...]]:
+    """Key -> shape without reading tensor data: a safetensors header, or a memory-mapped pickle."""
+    if weight_format(path) == "safetensors":
+        return safetensors_shapes(path)
+    state = load_pickle_weights(path, size, mmap=True)
     if isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), dict):
         state = next(iter(state.values()))  # {"state_dict": {...}} and similar wrappers, as ComfyUI unwraps them
     if not isinstance(state, dict):
         return {}
-    return {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+    return {key: tuple(value.shape) for key, value in state.items() if isinstance(key, str) and isinstance(value, torch.Tensor)}
 
 
 def find_encoder(spec: AdapterSpec, files: Iterable[str | Path]) -> Path:
@@ -118,9 +133,12 @@ def find_encoder(spec: AdapterSpec, files: Iterable[str | Path]) -> Path:
             f"The {spec.description} needs no CLIP vision model: load it with Load IP-Adapter, and encode faces with "
             "Encode Face Image Prompt and Load InsightFace."
         )
-    fitting, seen = [], []
+    fitting, seen, unreadable = [], [], []
     for path in map(Path, files):
-        widths = read_encoder_widths(path)
+        widths, problem = encoder_file_state(path)
+        if problem is not None:
+            logging.warning("IP-Adapter: skipping %s", problem)
+            unreadable.append(problem)
         if widths is None:
             continue
         seen.append(f"{path.name} ({widths.name}, {widths.layers} layers)")
@@ -128,9 +146,10 @@ def find_encoder(spec: AdapterSpec, files: Iterable[str | Path]) -> Path:
             fitting.append((widths.layers, path))
     if not fitting:
         found = f" Found there: {'; '.join(seen)}." if seen else " No CLIP vision model was found there."
+        skipped = f" Skipped: {' '.join(unreadable)}" if unreadable else ""
         raise IPAdapterError(
             f"No CLIP vision model for the {spec.description} in models/clip_vision. Download {spec.encoder_file} "
-            f"({spec.encoder_name}) into models/clip_vision.{found}"
+            f"({spec.encoder_name}) into models/clip_vision.{found}{skipped}"
         )
     chosen = max(fitting, key=lambda item: item[0])[1]  # max keeps the first of equal depth
     if len(fitting) > 1:

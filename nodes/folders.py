@@ -6,8 +6,10 @@ import os
 
 import folder_paths
 
+from ..ipadapter_core.weight_files import WEIGHT_SUFFIXES
+
 FOLDER = "ipadapter"
-EXTENSIONS = {".safetensors", ".sft", ".bin", ".pt", ".pth", ".ckpt"}
+EXTENSIONS = set(WEIGHT_SUFFIXES)
 # InsightFace's model packs, where users already keep them: models/insightface/models/<pack>/*.onnx.
 INSIGHTFACE_FOLDER = "insightface"
 

@@ -168,3 +168,51 @@ def test_unpaired_layer():
     del state["ip_adapter"]["31.to_v_ip.weight"]
     with pytest.raises(IPAdapterError, match="Layer 31.*damaged"):
         detect_variant(split_adapter_weights(state))
+
+
+@pytest.mark.parametrize("name", ["A.SafeTensors", "B.SFT", "C.BIN", "D.Pt", "E.CKPT"])
+def test_extensions_are_matched_in_any_case(tmp_path, name):
+    """ComfyUI lists model files whatever the case of their extension, so the loader reads them too."""
+    state = adapter_state_dict("base", SD15_LAYER_DIMS, seed=6)
+    path = tmp_path / name
+    if path.suffix.lower() in (".safetensors", ".sft"):
+        save_adapter(state, tmp_path / "staging.safetensors").rename(path)
+    else:
+        torch.save(state, path)
+    assert IPAdapterModel.load(path).spec.projection == "linear"
+
+
+def unsafe_zip_pickle(path):
+    torch.save({"image_proj": {"x": Exploit(path.parent / "pwned3")}, "ip_adapter": {}}, path)
+    return path
+
+
+def truncated_zip(path):
+    save_adapter(adapter_state_dict("base", SD15_LAYER_DIMS), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    return path
+
+
+def plain_pickle_of_code(path):
+    path.write_bytes(pickle.dumps(Exploit(path.parent / "pwned4")))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("make, message", [
+    (unsafe_zip_pickle, "needs code to load.*safetensors"),
+    (plain_pickle_of_code, "needs code to load.*safetensors"),
+    (truncated_zip, "corrupt or truncated.*Download it again"),
+])
+@pytest.mark.parametrize("torch_says", ["Weights only load failed. Unsupported global: GLOBAL os.system", "some reworded message", None])
+def test_pickle_or_corrupt_is_decided_from_the_file_not_from_torchs_message(tmp_path, monkeypatch, make, message, torch_says):
+    """A torch upgrade that rewords its errors (or fails differently) must not change what the user reads."""
+    path = make(tmp_path / "adapter.bin")
+    if torch_says is not None:
+        def reworded(*args, **kwargs):
+            raise pickle.UnpicklingError(torch_says)
+
+        monkeypatch.setattr(torch, "load", reworded)
+    with pytest.raises(IPAdapterError, match=message):
+        load_adapter_weights(path)
+    assert not list(tmp_path.glob("pwned*"))

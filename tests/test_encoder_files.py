@@ -160,7 +160,7 @@ def test_results_are_cached_until_the_file_changes(tmp_path, monkeypatch):
     path = write_encoder(tmp_path / "e.safetensors", encoder_state_dict("vit-h"))
     reads = []
     original = encoder_files.read_shapes
-    monkeypatch.setattr(encoder_files, "read_shapes", lambda p: reads.append(p) or original(p))
+    monkeypatch.setattr(encoder_files, "read_shapes", lambda p, size: reads.append(p) or original(p, size))
     for _ in range(3):
         assert read_encoder_widths(path).embeds == 1024
     assert len(reads) == 1
@@ -242,3 +242,14 @@ def test_node_loads_the_fitting_encoder_end_to_end(comfy_model_folders):
     assert torch.equal(clip_vision.model.visual_projection.weight.detach().cpu(), projection.float())
     prompt = node("ExactEncodeImagePrompt")(adapter, clip_vision, torch.rand(1, 64, 96, 3))[0]
     assert prompt.cond.shape == (1, 4, 768) and torch.isfinite(prompt.cond).all()
+
+
+@pytest.mark.parametrize("name", ["ENCODER.SAFETENSORS", "encoder.Bin"])
+def test_extensions_are_matched_in_any_case(tmp_path, name):
+    path = tmp_path / name
+    state = encoder_state_dict("vit-h")
+    if name.lower().endswith(".safetensors"):
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    assert read_encoder_widths(path) == EncoderWidths(1024, 1280, 32)
