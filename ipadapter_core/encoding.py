@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from .adapter import IPAdapterModel
 from .errors import IPAdapterError
-from .image_prompt import ImagePrompt
+from .image_prompt import ImagePrompt, check_average_weights, counted_mean, weighted_average, weighted_sum
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, square_tiles
 from .variants import BLACK_IMAGE, ENCODERS, IMAGE_EMBEDS, PENULTIMATE, ZERO_FEATURES, AdapterSpec
 
@@ -50,25 +51,22 @@ def check_encoder(spec: AdapterSpec, embeds_width: int, hidden_width: int) -> No
 def combine_features(features: torch.Tensor, method: str, weights: Sequence[float] | None = None) -> torch.Tensor:
     """Merge several references' encoder outputs into one before projection (concat keeps them all).
 
-    Weighted: average uses Σ w_i f_i / Σ w_i, add Σ w_i f_i, subtract w_0 f_0 minus the
-    average of the others' w_i f_i, norm average averages unit-length embeddings.
+    Weighted: average uses Σ w_i f_i / Σ w_i, add Σ w_i f_i, norm average averages unit-length
+    embeddings the same way, subtract is w_0 f_0 minus the mean of the others' w_i f_i over those
+    that count. In every mode a reference with weight 0 counts as if it were not there.
     """
     if method == "concat":
         return features
+    if method not in COMBINE_METHODS:
+        raise IPAdapterError(f"Unknown combine method {method!r}; choose one of {', '.join(COMBINE_METHODS)}.")
     w = torch.tensor(weights if weights is not None else [1.0] * features.shape[0], dtype=features.dtype, device=features.device)
-    w = w.view(-1, *([1] * (features.ndim - 1)))
     if method == "average":
-        return (features * w).sum(0, keepdim=True) / w.sum()
+        return weighted_average(features, w)
     if method == "norm average":
-        unit = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return (unit * w).sum(0, keepdim=True) / w.sum()
+        return weighted_average(features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12), w)
     if method == "add":
-        return (features * w).sum(0, keepdim=True)
-    if method == "subtract":
-        weighted = features * w
-        rest = weighted[1:].mean(0, keepdim=True) if features.shape[0] > 1 else torch.zeros_like(weighted[:1])
-        return weighted[:1] - rest
-    raise IPAdapterError(f"Unknown combine method {method!r}; choose one of {', '.join(COMBINE_METHODS)}.")
+        return weighted_sum(features, w)
+    return weighted_sum(features[:1], w[:1]) - counted_mean(features[1:], w[1:])
 
 
 def parse_weights(text: str, count: int) -> tuple[float, ...] | None:
@@ -79,6 +77,8 @@ def parse_weights(text: str, count: int) -> tuple[float, ...] | None:
         values = [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
     except ValueError as error:
         raise IPAdapterError(f"image_weights must be numbers separated by commas, like '1, 0.5'; got {text!r}.") from error
+    if not values or not all(math.isfinite(value) for value in values):
+        raise IPAdapterError(f"image_weights must be finite numbers separated by commas, like '1, 0.5'; got {text!r}.")
     if len(values) > count:
         raise IPAdapterError(f"image_weights has {len(values)} values for {count} reference images; give at most one per image.")
     return tuple(values + [values[-1]] * (count - len(values)))
@@ -132,6 +132,12 @@ def encode_image_prompt(
     require_clip_adapter(spec)
     if crop not in CROP_MODES:
         raise IPAdapterError(f"Unknown crop mode {crop!r}; choose one of {', '.join(CROP_MODES)}.")
+    if combine not in COMBINE_METHODS:
+        raise IPAdapterError(f"Unknown combine method {combine!r}; choose one of {', '.join(COMBINE_METHODS)}.")
+    if weights is not None and len(weights) != images.shape[0]:
+        raise IPAdapterError(f"{len(weights)} image weights for {images.shape[0]} reference images; give one per image.")
+    if weights is not None and combine in ("average", "norm average"):
+        check_average_weights(weights)
 
     def pixels(batch: torch.Tensor) -> torch.Tensor:
         if crop == "tiles":
@@ -145,8 +151,6 @@ def encode_image_prompt(
     check_feature_width(spec, features)
     count = features.shape[0]
     if weights is not None:
-        if len(weights) != images.shape[0]:
-            raise IPAdapterError(f"{len(weights)} image weights for {images.shape[0]} reference images; give one per image.")
         weights = [w for w in weights for _ in range(count // images.shape[0])]  # each tile keeps its image's weight
     if negative_images is not None:
         negative = encode_in_batches(negative_images, lambda batch: encode(pixels(batch).to(features.device)), batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,9 +54,37 @@ class ImagePrompt:
 PROMPT_COMBINE_METHODS = ("concat", "average", "add", "subtract")
 
 
+def weighted_sum(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w_i x_i over dim 0, keeping it."""
+    return (rows * weights.to(rows.dtype).view(-1, *[1] * (rows.ndim - 1))).sum(0, keepdim=True)
+
+
+def check_average_weights(weights: Sequence[float]) -> float:
+    """The weights' sum, refusing 0: a weighted average over weights that cancel out is undefined."""
+    total = float(sum(weights))
+    if total == 0.0:
+        raise IPAdapterError("The reference weights add up to 0, so their average is undefined; give at least one reference a weight that does not cancel out.")
+    return total
+
+
+def weighted_average(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w_i x_i / Σ w_i."""
+    return weighted_sum(rows, weights) / check_average_weights(weights.tolist())
+
+
+def counted_mean(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w_i x_i divided by how many references count (w_i ≠ 0); zeros when none does.
+
+    With all weights 1 it is the plain mean; a weight scales its reference, and a reference
+    with weight 0 is left out entirely, as if it were not there.
+    """
+    return weighted_sum(rows, weights) / max(int((weights != 0).sum()), 1)
+
+
 def combine_prompts(prompts: list[ImagePrompt], method: str) -> ImagePrompt:
     """Merge prompts made by one adapter: concat keeps every reference; average, add and subtract
-    (first minus the mean of the others) work on the projected tokens and give one reference."""
+    (first minus the mean of the others) work on the projected tokens and give one reference.
+    Each reference counts with its weight (image_weights), so one with weight 0 does not count."""
     first = prompts[0]
     for prompt in prompts[1:]:
         if prompt.adapter_identity != first.adapter_identity:
@@ -70,17 +99,18 @@ def combine_prompts(prompts: list[ImagePrompt], method: str) -> ImagePrompt:
         if any(p.reference_weights is not None for p in prompts):
             weights = tuple(w for p in prompts for w in (p.reference_weights or (1.0,) * p.references))
         cond, uncond = torch.cat([p.cond for p in prompts]), torch.cat([p.uncond for p in prompts])
-    elif method in ("average", "add"):
-        reduce = torch.mean if method == "average" else torch.sum
-        cond = reduce(torch.cat([p.cond for p in prompts]), dim=0, keepdim=True)
-        uncond = reduce(torch.cat([p.uncond for p in prompts]), dim=0, keepdim=True)
+    elif method in ("average", "add", "subtract"):
         weights = None
-    elif method == "subtract":
-        rest_cond = torch.cat([p.cond for p in prompts[1:]]).mean(0, keepdim=True)
-        rest_uncond = torch.cat([p.uncond for p in prompts[1:]]).mean(0, keepdim=True)
-        cond = first.cond.mean(0, keepdim=True) - rest_cond
-        uncond = first.uncond.mean(0, keepdim=True) - rest_uncond
-        weights = None
+        w = [torch.tensor(p.reference_weights or (1.0,) * p.references, dtype=p.cond.dtype) for p in prompts]
+        merged = []
+        for tokens in ([p.cond for p in prompts], [p.uncond for p in prompts]):
+            if method == "average":
+                merged.append(weighted_average(torch.cat(tokens), torch.cat(w)))
+            elif method == "add":
+                merged.append(weighted_sum(torch.cat(tokens), torch.cat(w)))
+            else:
+                merged.append(counted_mean(tokens[0], w[0]) - counted_mean(torch.cat(tokens[1:]), torch.cat(w[1:])))
+        cond, uncond = merged
     else:
         raise IPAdapterError(f"Unknown method {method!r}; choose one of {', '.join(PROMPT_COMBINE_METHODS)}.")
     return ImagePrompt(cond, uncond, first.adapter_identity, first.adapter_description, weights)

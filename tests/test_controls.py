@@ -157,6 +157,40 @@ def test_combine_methods_project_the_combined_embedding(adapters, small_clip_vis
     assert torch.allclose(prompt.cond, adapter.model.project(expected), atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["average", "norm average", "add", "subtract"])
+@pytest.mark.parametrize("adapter_name", ["a", "b"])
+def test_a_reference_with_weight_zero_does_not_count(adapters, small_clip_vision, method, adapter_name):
+    """image_weights '1, 1, 0' on three references gives what the first two alone give, for every combine mode."""
+    batch = images(14, count=3)
+    weighted = encode(adapters[adapter_name], small_clip_vision, batch, combine=method, image_weights="1, 1, 0")
+    two = encode(adapters[adapter_name], small_clip_vision, batch[:2], combine=method)
+    assert torch.allclose(weighted.cond, two.cond, atol=1e-5) and torch.allclose(weighted.uncond, two.uncond, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["average", "add", "subtract"])
+def test_combine_prompts_honours_image_weights(adapters, small_clip_vision, method):
+    """Combine Image Prompts merges the references as weighted: one with weight 0 does not count."""
+    combine = node("ExactCombineImagePrompts")
+    first, second = images(15, count=2), images(16)
+    weighted = combine(encode(adapters["a"], small_clip_vision, first, image_weights="1, 0"), encode(adapters["a"], small_clip_vision, second), method)[0]
+    plain = combine(encode(adapters["a"], small_clip_vision, first[:1]), encode(adapters["a"], small_clip_vision, second), method)[0]
+    # atol: a batch of two goes through CLIP vision with other kernels than one image alone
+    assert torch.allclose(weighted.cond, plain.cond, atol=1e-5) and torch.allclose(weighted.uncond, plain.uncond, atol=1e-5)
+    halved = combine(encode(adapters["a"], small_clip_vision, first[:1], image_weights="0.5"), encode(adapters["a"], small_clip_vision, second), "add")[0]
+    one, other = encode(adapters["a"], small_clip_vision, first[:1]), encode(adapters["a"], small_clip_vision, second)
+    assert torch.allclose(halved.cond, 0.5 * one.cond + other.cond, atol=1e-6)
+
+
+def test_image_weights_that_cannot_be_used_are_refused_before_encoding(adapters, small_clip_vision):
+    from comfyui_ipadapter.ipadapter_core.errors import IPAdapterError
+
+    with pytest.raises(IPAdapterError, match="add up to 0"):
+        encode(adapters["a"], small_clip_vision, images(17, count=2), combine="average", image_weights="1, -1")
+    for text in ("nan, 1", "1, inf"):
+        with pytest.raises(IPAdapterError, match="finite"):
+            encode(adapters["a"], small_clip_vision, images(17, count=2), image_weights=text)
+
+
 def test_image_weights_scale_each_reference(comfy, tiny_model, adapters, small_clip_vision):
     batch = images(5, count=2)
     zeros = encode(adapters["a"], small_clip_vision, batch, image_weights="0, 0")
