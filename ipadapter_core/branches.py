@@ -16,7 +16,7 @@ from .errors import IPAdapterError
 from .image_branch import SCALING_MODES, ImageBranch
 from .image_prompt import ImagePrompt
 from .layer_map import CrossAttentionLayer, LayerKey
-from .layer_weights import TWO_PROMPT_TYPES, apply_layer_spec, composition_factors, layer_factors
+from .layer_weights import TWO_PROMPT_TYPES, apply_layer_spec, layer_factors, two_prompt_factors
 from .timestep_branch import TimestepImageBranch
 
 WEIGHT_RANGE = (-1.0, 5.0)  # weight and composition_weight
@@ -106,14 +106,17 @@ def build_branches(
     layer_weights: str = "",
 ) -> list[ImageBranch]:
     """The branches Apply IP-Adapter installs on `layers` (the adapter's layers of the model):
-    one, or two with the '... style and composition' types (the second for the composition blocks)."""
+    one, or two with the '... style and composition' types (the second for the composition blocks;
+    layer_weights then set factors on both, each layer belonging to one of them)."""
     if composition_image_prompt is not None and weight_type not in TWO_PROMPT_TYPES:
         raise IPAdapterError(
             "composition_image_prompt is used only with weight_type 'style and composition' or 'strong style and composition'; "
             "pick one of those or disconnect it."
         )
-    factors = None
-    if weight_type != "linear" or layer_weights.strip():
+    factors = composition = None
+    if weight_type in TWO_PROMPT_TYPES:  # layer_weights reach both halves
+        factors, composition = two_prompt_factors(layers, weight_type, layer_weights)
+    elif weight_type != "linear" or layer_weights.strip():
         factors = apply_layer_spec(layer_factors(layers, weight_type), layers, layer_weights)
     common = dict(
         sigma_range=sigma_range(start_at, end_at, percent_to_sigma),
@@ -126,5 +129,5 @@ def build_branches(
     if weight_type in TWO_PROMPT_TYPES:
         prompt = composition_image_prompt if composition_image_prompt is not None else image_prompt
         weight_c = check_range("composition_weight", composition_weight, *WEIGHT_RANGE)
-        branches.append(make_branch(adapter, prompt, weight_c, composition_factors(layers, weight_type), **common))
+        branches.append(make_branch(adapter, prompt, weight_c, composition, **common))
     return branches

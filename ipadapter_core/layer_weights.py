@@ -142,7 +142,7 @@ def per_layer(layers: Sequence[CrossAttentionLayer], by_block: dict[int, float])
 
 
 def layer_factors(layers: Sequence[CrossAttentionLayer], weight_type: str) -> dict[LayerKey, float]:
-    """Factor per layer for a weight type; for the two-prompt types, the style half (see composition_factors)."""
+    """Factor per layer for a weight type; for the two-prompt types, the style half (see two_prompt_factors)."""
     if weight_type not in WEIGHT_TYPES:
         raise IPAdapterError(f"Unknown weight_type {weight_type!r}; choose one of {', '.join(WEIGHT_TYPES)}.")
     if is_transformer_stack(layers) and weight_type not in POSITION_TYPES:
@@ -172,6 +172,20 @@ def composition_factors(layers: Sequence[CrossAttentionLayer], weight_type: str 
     if weight_type not in TWO_PROMPT_TYPES:
         raise IPAdapterError(f"{weight_type!r} has no composition half; use one of {', '.join(TWO_PROMPT_TYPES)}.")
     return per_layer(layers, instantstyle_halves(layers, weight_type)[1])
+
+
+def two_prompt_factors(layers: Sequence[CrossAttentionLayer], weight_type: str, spec: str = "") -> tuple[dict[LayerKey, float], dict[LayerKey, float]]:
+    """(image_prompt's factors, composition_image_prompt's factors) for a two-prompt weight type.
+
+    Each layer belongs to one half: the composition blocks to the composition prompt, every other
+    layer to image_prompt. layer_weights (`spec`) sets factors on layers of both halves, so
+    'composition: 0.5' weakens the composition half and 'all: 0.3' spreads image_prompt.
+    """
+    style, composition = layer_factors(layers, weight_type), composition_factors(layers, weight_type)
+    owned = {key for key, value in composition.items() if value}
+    both = apply_layer_spec({key: composition[key] if key in owned else style[key] for key in style}, layers, spec)
+    return ({key: 0.0 if key in owned else value for key, value in both.items()},
+            {key: value if key in owned else 0.0 for key, value in both.items()})
 
 
 SELECTOR = re.compile(r"^(?:(all|input|middle|output|style|composition)|(\d+)|(in|input|out|output|mid|middle|block)\s*(\d+)(?:\.(\d+))?)$")

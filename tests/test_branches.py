@@ -83,6 +83,23 @@ def test_style_and_composition_adds_the_composition_branch(adapter):
     assert torch.equal(same_prompt.cond, style.cond)
 
 
+@pytest.mark.parametrize("spec, style_factor, composition_factor, elsewhere", [
+    ("composition: 0.5", 1.0, 0.5, 0.0),
+    ("style: 0.25", 0.25, 1.0, 0.0),
+    ("all: 0.3", 0.3, 0.3, 0.3),
+])
+def test_layer_weights_reach_both_halves_of_style_and_composition(adapter, spec, style_factor, composition_factor, elsewhere):
+    """Each layer belongs to one half: the composition block to composition_image_prompt's branch, every
+    other layer to image_prompt's; layer_weights set factors in both (bug: they reached the style half only)."""
+    in_composition = {key for key, value in layer_factors(LAYERS, "composition").items() if value}
+    in_style = {key for key, value in layer_factors(LAYERS, "style transfer").items() if value}
+    style, composition = build(adapter, prompt_of(adapter), weight_type="style and composition", layer_weights=spec)
+    for key in (layer.key for layer in LAYERS):
+        expected_style = 0.0 if key in in_composition else style_factor if key in in_style else elsewhere
+        expected_composition = composition_factor if key in in_composition else 0.0
+        assert (style.layer_weights[key], composition.layer_weights[key]) == (expected_style, expected_composition), key
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(weight=5.5), "weight is 5.5; it must be between -1.0 and 5.0"),
     (dict(weight_type="style and composition", composition_weight=-2.0), "composition_weight is -2.0; it must be between -1.0 and 5.0"),

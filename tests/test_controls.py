@@ -403,6 +403,21 @@ def test_style_and_composition_touch_exactly_the_instantstyle_layers(pack, archi
     assert sorted(patched_keys("linear", layer_weights="all:0, style:1")) == sorted(style)
 
 
+@pytest.mark.parametrize("layer_weights, expected", [
+    ("composition: 0.5", dict(composition_weight=0.5)),
+    ("style: 0.25", dict(weight=0.25)),
+    ("style: 0, composition: 2", dict(weight=0.0, composition_weight=2.0)),
+])
+def test_layer_weights_reach_both_halves_of_style_and_composition(comfy, tiny_model, adapters, small_clip_vision, prompt_a, layer_weights, expected):
+    """Each layer belongs to one half: the composition block to composition_image_prompt, every other layer to image_prompt."""
+    composition = encode(adapters["a"], small_clip_vision, images(18))
+    both = dict(weight_type="style and composition", composition_image_prompt=composition)
+    with_spec = evaluate(comfy, apply(tiny_model, adapters["a"], prompt_a, **both, layer_weights=layer_weights))
+    arguments = dict(weight=1.0, composition_weight=1.0, **both)
+    arguments.update(expected)
+    assert torch.allclose(with_spec, evaluate(comfy, apply(tiny_model, adapters["a"], prompt_a, **arguments)), rtol=1e-5, atol=1e-6)
+
+
 def test_weight_types_in_a_real_forward(comfy, tiny_model, adapters, prompt_a, monkeypatch):
     """On the tiny UNet, a layout without a leading-pack table, the InstantStyle blocks are derived from its
     structure; the layers a weight type selects are exactly the ones whose patch ComfyUI calls."""
