@@ -69,8 +69,9 @@ class ImageBranch:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image keys and (weighted) values, one row per entry of `layout`.
 
-        layout entries are (kind, latent index): kind 0 for a conditional pass, 1 for an
-        unconditional one. Computed in fp32 from the adapter's stored weights, then cast once
+        layout entries are (kind, latent index): kind 0 for a pass that gets the conditional
+        tokens, 1 for one that gets the unconditional tokens; the latent index counts in the
+        whole latent batch. Computed in fp32 from the adapter's stored weights, then cast once
         to the model's compute dtype.
         """
         projection = self.adapter.layer(layer.processor_index)
@@ -101,8 +102,12 @@ class ImageBranch:
         """Whether latents of one pass see different tokens or weights (one key/value row per latent)."""
         return self.rows > 1 or self.latent_weights is not None
 
-    def query_mask(self, length: int, latent_size: Sequence[int], kinds: Sequence[int], chunk: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-        """The mask at this layer's token grid, (batch, length, 1) in the sampler's batch order."""
+    def query_mask(self, length: int, latent_size: Sequence[int], passes: int, latents: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """The mask at this layer's token grid, (batch, length, 1) in the sampler's batch order.
+
+        latents: for each latent of one pass, its index in the whole batch (mask i for latent i,
+        the last repeating); the batch holds `passes` such runs of latents.
+        """
         if self.mask is None:
             return None
         height, width = latent_size
@@ -114,8 +119,8 @@ class ImageBranch:
             raise IPAdapterError(f"Cannot place the attention mask on a layer of {length} tokens for a {height}x{width} latent.")
         mask = self.on_device("mask", lambda: self.mask[:, None].float(), device)
         resized = F.interpolate(mask, size=grid, mode="bilinear", align_corners=False).reshape(-1, length)
-        per_latent = torch.cat([resized[min(i, resized.shape[0] - 1)][None] for i in range(chunk)])
-        return per_latent.repeat(len(kinds), 1)[..., None].to(dtype)
+        per_latent = torch.cat([resized[min(i, resized.shape[0] - 1)][None] for i in latents])
+        return per_latent.repeat(passes, 1)[..., None].to(dtype)
 
     def check_batch(self, latents: int) -> None:
         """Raised before the first step: per-latent inputs must fit the latent batch."""

@@ -1,4 +1,9 @@
-"""The attn2 replacement ComfyUI calls for every cross-attention layer an IP-Adapter patches."""
+"""The attn2 replacement ComfyUI calls for every cross-attention layer an IP-Adapter patches.
+
+Which image tokens and latents each chunk of a call stands for is read per call, never from
+positions inside it (ipadapter_core/passes.py): a CALC_COND_BATCH wrapper tells the patches which
+of the call's conditioning lists are negative, and context windows name their latents.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from comfy.patcher_extension import CallbacksMP, WrappersMP
 from ..ipadapter_core.attention import ImageKeysValues
 from ..ipadapter_core.image_branch import ImageBranch
 from ..ipadapter_core.layer_map import CrossAttentionLayer
+from ..ipadapter_core.passes import PASS_KINDS, conditioning_kind, mark_prompt_types, pass_kinds, row_gate, row_layout, window_latents
 
 PATCHER_KEY = "ipadapter_core"
 OVERRIDE_KEY = "optimized_attention_override"  # transformer_options entry: the host calls this kernel instead of its own
@@ -31,6 +37,8 @@ class ImagePromptAttention:
         self.previous = previous
         self.gated = any(branch.gated for branch in branches)
         self.masked = any(branch.mask is not None for branch in branches)
+        self.per_latent = any(branch.per_latent for branch in branches)  # one key/value row per latent
+        self.latent_masks = any(branch.mask is not None and branch.mask.shape[0] > 1 for branch in branches)
         self.cache: dict[tuple, ImageKeysValues] = {}
         self.mask_cache: dict[tuple, list] = {}
 
@@ -55,34 +63,33 @@ class ImagePromptAttention:
         original_shape (the latent's). overwrite: `out` is a fresh tensor only this call reads,
         which may be updated in place (see ImageKeysValues.add_to).
         """
-        kinds = tuple(extra_options.get("cond_or_uncond") or (0,))
+        kinds = pass_kinds(extra_options)
         chunk = q.shape[0] // len(kinds)
-        key = (q.device, q.dtype, kinds, chunk)
+        windowed = window_latents(extra_options, chunk) if self.per_latent or self.latent_masks else None
+        latents = windowed or tuple(range(chunk))
+        key = (q.device, q.dtype, kinds, chunk, windowed)
         image_kv = self.cache.get(key)
         if image_kv is None:
-            image_kv = self.cache[key] = self.build(kinds, chunk, q.device, q.dtype)
+            image_kv = self.cache[key] = self.build(kinds, latents, q.device, q.dtype)
         scale = None
-        if self.gated:  # one row per key/value row: the first sample of each group it serves
-            step = q.shape[0] // image_kv.rows
-            gates = [branch.gate(extra_options["sigmas"], q.dtype)[::step] for branch in self.branches]
+        if self.gated:  # one gate per key/value row (ipadapter_core/passes.py)
+            sigmas = extra_options["sigmas"]
+            gates = [row_gate(branch.gate(sigmas, q.dtype), len(kinds), chunk, self.per_latent) for branch in self.branches]
             scale = gates[0].unsqueeze(1) if len(gates) == 1 else torch.stack(gates, dim=1)
-        masks = self.masks(q, kinds, chunk, extra_options) if self.masked else None
+        masks = self.masks(q, kinds, latents, extra_options) if self.masked else None
         return image_kv.add_to(out, q, value_scale=scale, masks=masks, overwrite_text=overwrite)
 
-    def build(self, kinds, chunk, device, dtype) -> ImageKeysValues:
-        """Keys/values per pass (cond/uncond), or per latent when some input differs across latents."""
-        if any(branch.per_latent for branch in self.branches):
-            layout = [(kind, i) for kind in kinds for i in range(chunk)]
-        else:
-            layout = [(kind, 0) for kind in kinds]
+    def build(self, kinds: tuple[int, ...], latents: tuple[int, ...], device, dtype) -> ImageKeysValues:
+        """Keys/values per pass, or per latent (indices into the whole batch) when some input differs across latents."""
+        layout = row_layout(kinds, latents, self.per_latent)
         pairs = [branch.keys_values(self.layer, layout, device, dtype) for branch in self.branches]
         return ImageKeysValues([k for k, _ in pairs], [v for _, v in pairs], self.layer.heads)
 
-    def masks(self, q, kinds, chunk, extra_options) -> list:
+    def masks(self, q, kinds, latents, extra_options) -> list:
         latent_size = tuple(extra_options["original_shape"][-2:])
-        key = (q.shape[1], latent_size, kinds, chunk, q.device, q.dtype)
+        key = (q.shape[1], latent_size, len(kinds), latents, q.device, q.dtype)
         if key not in self.mask_cache:
-            self.mask_cache[key] = [branch.query_mask(q.shape[1], latent_size, kinds, chunk, q.device, q.dtype) for branch in self.branches]
+            self.mask_cache[key] = [branch.query_mask(q.shape[1], latent_size, len(kinds), latents, q.device, q.dtype) for branch in self.branches]
         return self.mask_cache[key]
 
     def release(self) -> None:
@@ -121,6 +128,7 @@ def install_branch(patcher: ModelPatcher, layers: list[CrossAttentionLayer], bra
     if not patcher.get_callbacks(CallbacksMP.ON_CLEANUP, PATCHER_KEY):
         patcher.add_callback_with_key(CallbacksMP.ON_CLEANUP, PATCHER_KEY, release_caches)
         patcher.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, PATCHER_KEY, check_batch_before_sampling)
+        add_pass_marks(patcher, PATCHER_KEY)
 
 
 def branches_of(patcher: ModelPatcher) -> set[ImageBranch]:
@@ -139,3 +147,22 @@ def check_batch_before_sampling(executor, noise, *args, **kwargs):
     for branch in branches_of(executor.class_obj.model_patcher):
         branch.check_batch(noise.shape[0])
     return executor(noise, *args, **kwargs)
+
+
+def add_pass_marks(patcher: ModelPatcher, key: str) -> None:
+    """The two wrappers through which the patches learn each call's conditioning kinds (ipadapter_core/passes.py)."""
+    patcher.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, key, mark_conditionings)
+    patcher.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, key, mark_passes)
+
+
+def mark_conditionings(executor, *args, **kwargs):
+    """Before sampling: every conditioning of the guider (its copies for this run) carries a prompt_type."""
+    mark_prompt_types(getattr(executor.class_obj, "conds", None) or {})
+    return executor(*args, **kwargs)
+
+
+def mark_passes(executor, model, conds, x_in, timestep, model_options):
+    """Per calc_cond_batch call: COND or UNCOND for each of its conditioning lists, in the transformer options."""
+    kinds = tuple(conditioning_kind(conditioning) for conditioning in conds)
+    options = {**model_options, "transformer_options": {**model_options.get("transformer_options", {}), PASS_KINDS: kinds}}
+    return executor(model, conds, x_in, timestep, options)

@@ -28,7 +28,8 @@ from ..ipadapter_core.image_branch import ImageBranch
 from ..ipadapter_core.layer_map import CrossAttentionLayer
 from ..ipadapter_core.timestep_branch import TimestepImageBranch, joint_image_attention
 from ..ipadapter_core.variants import FLUX, SD3
-from .attention_patch import ImagePromptAttention, host_attention
+from ..ipadapter_core.passes import call_latents, pass_kinds, row_gate, row_layout
+from .attention_patch import ImagePromptAttention, add_pass_marks, host_attention
 
 PATCHER_KEY = "ipadapter_core_dit"
 STEP_KEY = "ipadapter_step"  # transformer_options entry: what one model evaluation's blocks share
@@ -96,34 +97,38 @@ class ImagePromptBlock:
             raise IPAdapterError("The SD3.5 IP-Adapter ran without its per-step inputs; apply it with Apply IP-Adapter, not by copying its patch.")
         heads = self.layer.heads
         q, k, v = qkv.unflatten(-1, (3, -1)).unbind(-2)  # the host's split: (B, L, 3*width) in q, k, v order
-        kinds = tuple(options.get("cond_or_uncond") or (0,))
+        kinds = pass_kinds(options)
         chunk = q.shape[0] // len(kinds)
+        latents = call_latents(options, chunk)
         attention = host_attention(options)
         out = attn_out
         for index, branch in enumerate(self.branches):
-            layout = [(kind, i) for kind in kinds for i in range(chunk)] if branch.rows > 1 else [(kind, 0) for kind in kinds]
+            layout = row_layout(kinds, latents, branch.rows > 1)
             tokens, temb = branch.step_tokens(layout, step["timesteps"], q.device)
-            static, token_scale, mask = self.per_run(index, branch, layout, kinds, chunk, q, step)
+            static, token_scale, mask = self.per_run(index, branch, layout, kinds, latents, q, step)
             result = joint_image_attention(q, k, v, branch.adapter.layer(self.layer.processor_index), tokens, temb, heads, attention, token_scale)
-            scale = static if not branch.gated else static * branch.gate(options["sigmas"]).to(q.dtype)[:, None, None]
+            scale = static
+            if branch.gated:  # one gate per sample: the host's sigmas hold one per latent of a pass
+                scale = scale * row_gate(branch.gate(options["sigmas"]), len(kinds), chunk, per_latent=True).to(q.dtype)[:, None, None]
             if mask is not None:
                 scale = scale * mask
             out = torch.addcmul(out, result, scale)
         return out
 
-    def per_run(self, index, branch, layout, kinds, chunk, q, step) -> list:
+    def per_run(self, index, branch, layout, kinds, latents, q, step) -> list:
         """(per-sample weight (B, 1, 1), token scale per layout row, mask (B, L, 1)) built once per
-        run and batch layout: Python numbers become device tensors once, not per step."""
-        key = (index, tuple(layout), kinds, chunk, q.shape[1], q.device, q.dtype, tuple(step["latent_size"]))
+        run and batch layout: Python numbers become device tensors once, not per step.
+        latents: the batch indices of the call's latents (a context window's, or 0..chunk-1)."""
+        key = (index, tuple(layout), kinds, latents, q.shape[1], q.device, q.dtype, tuple(step["latent_size"]))
         if key not in self.cache:
             weights = branch.latent_weights or (1.0,)
             factor = branch.factor(self.layer)
-            static = torch.tensor([factor * weights[min(i, len(weights) - 1)] for _ in kinds for i in range(chunk)], dtype=q.dtype)
+            static = torch.tensor([factor * weights[min(i, len(weights) - 1)] for _ in kinds for i in latents], dtype=q.dtype)
             token_scale = None
             if branch.token_scale is not None:
                 rows = branch.token_scale.shape[0]
                 token_scale = torch.cat([branch.token_scale[min(i, rows - 1)][None] for _, i in layout]).to(q.device)
-            mask = branch.query_mask(q.shape[1], step["latent_size"], kinds, chunk, q.device, q.dtype)
+            mask = branch.query_mask(q.shape[1], step["latent_size"], len(kinds), latents, q.device, q.dtype)
             self.cache[key] = [static.to(q.device)[:, None, None], token_scale, mask]
         return self.cache[key]
 
@@ -168,6 +173,7 @@ def install_dit_branch(patcher: ModelPatcher, layers: list[CrossAttentionLayer],
         patcher.add_callback_with_key(CallbacksMP.ON_CLEANUP, PATCHER_KEY, release_caches)
         patcher.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, PATCHER_KEY, check_batch_before_sampling)
         patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, PATCHER_KEY, record_step_inputs)
+        add_pass_marks(patcher, PATCHER_KEY)
 
 
 def block_patches(patcher: ModelPatcher) -> list[ImagePromptBlock]:
