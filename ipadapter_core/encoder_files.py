@@ -19,18 +19,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .encoders import IMAGE_EMBEDS, fits_encoder, vision_model_name
 from .errors import IPAdapterError
-from .variants import ENCODERS, IMAGE_EMBEDS, PENULTIMATE, SIGLIP, AdapterSpec
+from .variants import AdapterSpec
 from .weight_files import load_pickle_weights, read_weights, regular_file_size, safetensors_shapes, weight_format
 
-# Full architectures (image_embeds width, hidden width): an adapter needs the encoder it was
-# trained with, not merely one whose output happens to have the same width. SigLIP has no
-# projection to image_embeds (width 0 here).
-ARCHITECTURES = {"CLIP ViT-H/14": (1024, 1280), "CLIP ViT-bigG/14": (1280, 1664), "CLIP ViT-L/14": (768, 1024), SIGLIP: (0, 1152)}
-SIGLIP_POSITIONS = 729  # (384 / 14)^2 patches: so400m at 384 px; the 512 px SigLIP has the same widths
-SIGLIP_LAYER_KEY = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.")
+TRANSFORMERS_LAYER_KEY = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.")
 LAYOUTS = (  # (projection key, whether it is stored (hidden, embeds), layer key pattern)
-    ("visual_projection.weight", False, re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.")),  # transformers
+    ("visual_projection.weight", False, TRANSFORMERS_LAYER_KEY),  # transformers
     ("visual.proj", True, re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.")),  # open_clip
 )
 
@@ -44,17 +40,12 @@ class EncoderWidths:
 
     @property
     def name(self) -> str:
-        if not self.embeds:
-            if self.positions != SIGLIP_POSITIONS:
-                return f"a SigLIP vision model for another resolution ({self.positions} positions)"
-            return ENCODERS.get((PENULTIMATE, self.hidden), f"an image encoder of hidden width {self.hidden}")
-        return ENCODERS.get((IMAGE_EMBEDS, self.embeds), f"a CLIP vision model with embedding width {self.embeds}")
+        return vision_model_name(self.embeds, self.hidden, self.positions)
 
     def fits(self, spec: AdapterSpec) -> bool:
+        """The adapter needs the encoder it was trained with (both widths), not merely an output of the same width."""
         width = self.embeds if spec.encoder_output == IMAGE_EMBEDS else self.hidden
-        if spec.encoder_name == SIGLIP and self.positions != SIGLIP_POSITIONS:
-            return False
-        return width == spec.encoder_width and ARCHITECTURES.get(spec.encoder_name, (self.embeds, self.hidden)) == (self.embeds, self.hidden)
+        return width == spec.encoder_width and fits_encoder(spec.encoder, self.embeds, self.hidden, self.positions)
 
 
 def widths_from_shapes(shapes: Mapping[str, tuple[int, ...]]) -> EncoderWidths | None:
@@ -76,7 +67,9 @@ def siglip_widths(shapes: Mapping[str, tuple[int, ...]]) -> EncoderWidths | None
     norm = shapes.get("vision_model.post_layernorm.weight")
     if positions is None or norm is None or "vision_model.embeddings.patch_embedding.bias" not in shapes or "vision_model.embeddings.class_embedding" in shapes:
         return None
-    layers = {int(match.group(1)) for key in shapes if (match := SIGLIP_LAYER_KEY.match(key))}
+    if len(positions) != 2 or len(norm) != 1:
+        return None
+    layers = {int(match.group(1)) for key in shapes if (match := TRANSFORMERS_LAYER_KEY.match(key))}
     return EncoderWidths(embeds=0, hidden=norm[0], layers=max(layers) + 1, positions=positions[0]) if layers else None
 
 

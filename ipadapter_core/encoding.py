@@ -8,10 +8,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .adapter import IPAdapterModel
+from .encoders import IMAGE_EMBEDS, vision_model_name
 from .errors import IPAdapterError
 from .image_prompt import ImagePrompt, check_average_weights, counted_mean, weighted_average, weighted_sum
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, square_tiles
-from .variants import BLACK_IMAGE, ENCODERS, IMAGE_EMBEDS, PENULTIMATE, ZERO_FEATURES, AdapterSpec
+from .variants import BLACK_IMAGE, ZERO_FEATURES, AdapterSpec
 
 # pixels (B, 3, S, S), normalised -> the encoder output the adapter reads (B, width) or (B, tokens, width)
 Encoder = Callable[[torch.Tensor], torch.Tensor]
@@ -37,10 +38,7 @@ def check_encoder(spec: AdapterSpec, embeds_width: int, hidden_width: int) -> No
     width = embeds_width if spec.encoder_output == IMAGE_EMBEDS else hidden_width
     if width == spec.encoder_width:
         return
-    if embeds_width:
-        given = ENCODERS.get((IMAGE_EMBEDS, embeds_width), f"a CLIP vision model with embedding width {embeds_width}")
-    else:  # no projection to image_embeds: a SigLIP-style encoder
-        given = ENCODERS.get((PENULTIMATE, hidden_width), f"an image encoder without image_embeds (hidden width {hidden_width})")
+    given = vision_model_name(embeds_width, hidden_width)
     raise IPAdapterError(
         f"Wrong CLIP vision model for this IP-Adapter: the {spec.description} needs {spec.encoder_name} "
         f"({spec.encoder_output} width {spec.encoder_width}), but {given} gives width {width}. "

@@ -9,12 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import AdapterWeights
+from .encoders import FACE_EMBEDS, FACE_WIDTH, IMAGE_EMBEDS, PENULTIMATE, Encoder, encoder_name, encoder_reading
 from .errors import IPAdapterError
-
-IMAGE_EMBEDS = "image_embeds"
-PENULTIMATE = "penultimate_hidden_states"
-FACE_EMBEDS = "face_embeds"  # InsightFace's identity embedding (recognition model output)
-FACE_WIDTH = 512  # every InsightFace recognition model (buffalo_l, antelopev2) embeds faces in 512 dimensions
 
 # The model architecture an adapter patches: UNets get an image branch in every cross-attention
 # layer; Flux.1 (XLabs layout) in every double-stream block's image stream; SD3.5 (InstantX
@@ -31,24 +27,6 @@ ZERO_FEATURES = "zero features"
 ZERO_PIXELS = "zero pixels"
 BLACK_IMAGE = "black image"
 
-# (encoder output, width) -> the encoder that produces it, and the file users download for it.
-SIGLIP = "SigLIP so400m/14-384"
-ENCODERS = {
-    (IMAGE_EMBEDS, 1024): "CLIP ViT-H/14",
-    (PENULTIMATE, 1280): "CLIP ViT-H/14",
-    (IMAGE_EMBEDS, 1280): "CLIP ViT-bigG/14",
-    (PENULTIMATE, 1664): "CLIP ViT-bigG/14",
-    (IMAGE_EMBEDS, 768): "CLIP ViT-L/14",
-    (PENULTIMATE, 1024): "CLIP ViT-L/14",
-    (FACE_EMBEDS, FACE_WIDTH): "InsightFace",
-    (PENULTIMATE, 1152): SIGLIP,
-}
-ENCODER_FILES = {
-    "CLIP ViT-H/14": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
-    "CLIP ViT-bigG/14": "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors",
-    "CLIP ViT-L/14": "clip-vit-large-patch14.safetensors",
-    SIGLIP: "sigclip_vision_patch14_384.safetensors",
-}
 FAMILIES = {768: "SD1.5", 2048: "SDXL"}
 LAYER_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
 # FaceID files carry a LoRA for the UNet's own attention layers, self- and cross-attention alike,
@@ -114,12 +92,18 @@ class AdapterSpec:
         return ZERO_PIXELS
 
     @property
+    def encoder(self) -> Encoder | None:
+        """The known encoder this adapter reads from, if any."""
+        return encoder_reading(self.encoder_output, self.encoder_width)
+
+    @property
     def encoder_name(self) -> str:
-        return ENCODERS.get((self.encoder_output, self.encoder_width), f"an image encoder with output width {self.encoder_width}")
+        return encoder_name(self.encoder_output, self.encoder_width)
 
     @property
     def encoder_file(self) -> str:
-        return ENCODER_FILES.get(self.encoder_name, "the matching CLIP vision model")
+        encoder = self.encoder
+        return encoder.file if encoder is not None and encoder.file else "the matching CLIP vision model"
 
     @property
     def is_faceid(self) -> bool:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 import comfy.model_management
 
+from ..ipadapter_core.encoders import IMAGE_EMBEDS, PENULTIMATE, PENULTIMATE_LAYER
 from ..ipadapter_core.encoding import Encoder, check_encoder
 from ..ipadapter_core.errors import IPAdapterError
-from ..ipadapter_core.variants import IMAGE_EMBEDS, AdapterSpec
+from ..ipadapter_core.variants import AdapterSpec
 
 # Index of each output in the tuple ComfyUI's CLIPVisionModelProjection returns.
-OUTPUT_INDEX = {IMAGE_EMBEDS: 2, "penultimate_hidden_states": 1}
+OUTPUT_INDEX = {IMAGE_EMBEDS: 2, PENULTIMATE: 1}
 
 
 def comfy_encoder(clip_vision, spec: AdapterSpec) -> Encoder:
@@ -33,7 +34,7 @@ def comfy_encoder(clip_vision, spec: AdapterSpec) -> Encoder:
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         comfy.model_management.load_model_gpu(clip_vision.patcher)
-        out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output=-2)
+        out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output=PENULTIMATE_LAYER)
         return out[OUTPUT_INDEX[spec.encoder_output]].float()
 
     return encode

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from ipadapter_core.adapter import IPAdapterModel
 from ipadapter_core.checkpoint import load_adapter_weights, split_adapter_weights
 from ipadapter_core.errors import IPAdapterError
-from ipadapter_core.variants import IMAGE_EMBEDS, PENULTIMATE, detect_variant
+from ipadapter_core.encoders import IMAGE_EMBEDS, PENULTIMATE
+from ipadapter_core.variants import detect_variant
 from tools.random_models import SD15_LAYER_DIMS, adapter_state_dict, save_adapter, sdxl_layer_dims
 
 # (kind, cross_dim, clip_dim, resampler heads) -> what detection must report. SDXL files are

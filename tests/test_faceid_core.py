@@ -14,7 +14,8 @@ from ipadapter_core.encoding import encode_image_prompt
 from ipadapter_core.errors import IPAdapterError
 from ipadapter_core.face_analysis import Face
 from ipadapter_core.face_encoding import encode_face_image_prompt, project_faces
-from ipadapter_core.variants import FACE_EMBEDS, PENULTIMATE, detect_variant
+from ipadapter_core.encoders import FACE_EMBEDS, PENULTIMATE
+from ipadapter_core.variants import detect_variant
 from tools.random_models import SD15_LAYER_DIMS, adapter_state_dict, faceid_state_dict, sdxl_layer_dims
 
 # The official FaceID files: (kind, family) -> what detection must report. SDXL ones on meta (shapes only).

@@ -34,7 +34,7 @@ from ipadapter_core.training.models import load_base_model
 from ipadapter_core.training.recipe import Recipe, StepDraws
 from ipadapter_core.training.state import checkpoint_dirs, load_adapter_state
 from ipadapter_core.training.trainer import train
-from ipadapter_core.variants import IMAGE_EMBEDS
+from ipadapter_core.encoders import IMAGE_EMBEDS
 from tools.training_models import write_base_model, write_image_encoder
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from ipadapter_core.training.config import build_config, preset_names
 from ipadapter_core.training.data import ImageTransform, JsonImageTextDataset, ShardStream, expand_shards
 from ipadapter_core.training.distributed import check_world_size, requested_by_launcher
 from ipadapter_core.training.recipe import DROP_BOTH, DROP_IMAGE, DROP_TEXT, KEEP, Recipe, StepDraws, dropout_codes
-from ipadapter_core.variants import IMAGE_EMBEDS, PENULTIMATE
+from ipadapter_core.encoders import IMAGE_EMBEDS, PENULTIMATE
 from training_helpers import random_image, tiny_run, write_json_dataset, write_shards
 
 pytestmark = pytest.mark.usefixtures("one_thread")

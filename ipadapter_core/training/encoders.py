@@ -1,7 +1,7 @@
 """Image encoders for training: the CLIP vision files of models/clip_vision, or OpenCLIP checkpoints.
 
-Both give the two outputs IP-Adapters read (`variants.IMAGE_EMBEDS`: the projected pooled
-embedding; `variants.PENULTIMATE`: all tokens of the second-to-last layer), in eval mode, frozen.
+Both give the two outputs IP-Adapters read (`IMAGE_EMBEDS` in ipadapter_core/encoders.py: the projected pooled
+embedding; `PENULTIMATE`: all tokens of the second-to-last layer), in eval mode, frozen.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..checkpoint import read_weights_file
+from ..encoders import IMAGE_EMBEDS, PENULTIMATE
 from ..errors import IPAdapterError
 from ..preprocess import CLIP_MEAN, CLIP_STD
-from ..variants import IMAGE_EMBEDS, PENULTIMATE
 
 # Heads per width for the CLIP vision towers IP-Adapters use (not recoverable from the weights).
 HEADS_BY_WIDTH = {1280: 16, 1664: 16, 1024: 16, 768: 12}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..variants import IMAGE_EMBEDS
+from ..encoders import IMAGE_EMBEDS
 from .models import BaseModel, encode_text, time_ids
 
 KEEP, DROP_IMAGE, DROP_TEXT, DROP_BOTH = 0, 1, 2, 3

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ..errors import IPAdapterError
-from ..variants import IMAGE_EMBEDS, PENULTIMATE
+from ..encoders import IMAGE_EMBEDS, PENULTIMATE
 from .adapter_setup import AdapterTrainingModel, build_adapter, install_processors, load_adapter_for_training
 from .config import TrainConfig
 from .data import GlobalBatchSampler, ImageTransform, JsonImageTextDataset, ShardStream, collate, expand_shards, open_image, tar_samples
