@@ -94,13 +94,19 @@ class IPAdapterModel(nn.Module):
             with torch.device("meta"):
                 ip_layers = nn.ModuleDict({str(n): layer_projection(spec, dim, weights.ip_adapter.get(f"{n}.norm_ip.linear.weight")) for n, dim in spec.layer_dims})
             ip_layers.load_state_dict({k: v for k, v in weights.ip_adapter.items() if k not in lora}, strict=True, assign=True)
-        except RuntimeError as error:
+        except (RuntimeError, KeyError, IndexError, ZeroDivisionError, ValueError) as error:
             raise IPAdapterError(f"The IP-Adapter's weights do not fit its detected layout ({spec.description}): {error}") from error
         return cls(spec, image_proj, ip_layers.requires_grad_(False), identity or fingerprint(weights), lora)
 
     @classmethod
     def load(cls, path: str | Path) -> "IPAdapterModel":
-        return cls.from_weights(load_adapter_weights(path))
+        """Every error names the file: users pick it from a list of many."""
+        name = Path(path).name
+        weights = load_adapter_weights(path)
+        try:
+            return cls.from_weights(weights)
+        except IPAdapterError as error:
+            raise IPAdapterError(f"{name}: {error}") from error
 
     def layer(self, processor_index: int) -> nn.Module:
         return self.ip_layers[str(processor_index)]

@@ -92,11 +92,12 @@ def encoder_file_state(path: str | Path) -> tuple[EncoderWidths | None, str | No
         info = path.stat()
     except (IPAdapterError, OSError) as error:
         return None, str(error)
-    return cached_widths(str(path.resolve()), info.st_size, info.st_mtime_ns)
+    return cached_widths(str(path), str(path.resolve()), info.st_size, info.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=256)
-def cached_widths(path: str, size: int, mtime_ns: int) -> tuple[EncoderWidths | None, str | None]:
+def cached_widths(path: str, target: str, size: int, mtime_ns: int) -> tuple[EncoderWidths | None, str | None]:
+    """path: as listed (messages name it); target, size, mtime: what the answer depends on."""
     try:
         shapes = read_weights(path, "CLIP vision", MISSING, reader=read_shapes)
     except IPAdapterError as error:
@@ -126,12 +127,14 @@ def find_encoder(spec: AdapterSpec, files: Iterable[str | Path]) -> Path:
             f"The {spec.description} needs no CLIP vision model: load it with Load IP-Adapter, and encode faces with "
             "Encode Face Image Prompt and Load InsightFace."
         )
-    fitting, seen, unreadable = [], [], []
+    fitting, seen, unreadable, others = [], [], [], []
     for path in map(Path, files):
         widths, problem = encoder_file_state(path)
         if problem is not None:
             logging.warning("IP-Adapter: skipping %s", problem)
             unreadable.append(problem)
+        elif widths is None:
+            others.append(path.name)
         if widths is None:
             continue
         seen.append(f"{path.name} ({widths.name}, {widths.layers} layers)")
@@ -139,10 +142,11 @@ def find_encoder(spec: AdapterSpec, files: Iterable[str | Path]) -> Path:
             fitting.append((widths.layers, path))
     if not fitting:
         found = f" Found there: {'; '.join(seen)}." if seen else " No CLIP vision model was found there."
+        not_encoders = f" Not CLIP vision models: {', '.join(others)}." if others else ""
         skipped = f" Skipped: {' '.join(unreadable)}" if unreadable else ""
         raise IPAdapterError(
             f"No CLIP vision model for the {spec.description} in models/clip_vision. Download {spec.encoder_file} "
-            f"({spec.encoder_name}) into models/clip_vision.{found}{skipped}"
+            f"({spec.encoder_name}) into models/clip_vision.{found}{not_encoders}{skipped}"
         )
     chosen = max(fitting, key=lambda item: item[0])[1]  # max keeps the first of equal depth
     if len(fitting) > 1:

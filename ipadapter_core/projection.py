@@ -81,6 +81,18 @@ def feed_forward(dim: int, mult: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(), nn.Linear(dim * mult, dim, bias=False))
 
 
+def learned_queries(num_queries: int, dim: int) -> nn.Parameter:
+    """A Resampler's latent queries, (1, num_queries, dim).
+
+    Loading builds on the meta device and adopts the file's values; a random op there would
+    import torch's compiler stack (sympy, dynamo: seconds and ~150 MB) for nothing.
+    """
+    shape = (1, num_queries, dim)
+    if torch.get_default_device().type == "meta":
+        return nn.Parameter(torch.empty(shape))
+    return nn.Parameter(torch.randn(shape) / dim**0.5)
+
+
 class Perceiver(nn.Module):
     """Latent tokens read the input tokens through depth x (attention + feed-forward), then project out."""
 
@@ -105,7 +117,7 @@ class Resampler(Perceiver):
 
     def __init__(self, dim: int, depth: int, heads: int, num_queries: int, embedding_dim: int, output_dim: int, ff_mult: int = 4):
         super().__init__(dim, depth, heads, embedding_dim, output_dim, ff_mult)
-        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
+        self.latents = learned_queries(num_queries, dim)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if hidden_states.ndim == 2:  # one embedding per reference is one token
@@ -172,7 +184,7 @@ class TimeResampler(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int, num_queries: int, embedding_dim: int, output_dim: int, timestep_dim: int, ff_mult: int = 4):
         super().__init__()
         self.timestep_dim = timestep_dim
-        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
+        self.latents = learned_queries(num_queries, dim)
         self.proj_in = nn.Linear(embedding_dim, dim)
         self.proj_out = nn.Linear(dim, output_dim)
         self.norm_out = nn.LayerNorm(output_dim)

@@ -8,6 +8,7 @@ weights), so applying a loaded prompt gives exactly the result the original gave
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from safetensors.torch import save_file
 
 from .errors import IPAdapterError
 from .image_prompt import ImagePrompt
+from .weight_files import FileDamaged, check_safetensors_header, regular_file_size
 
 FORMAT = "ipadapter-image-prompt"
 VERSION = 1
@@ -44,9 +46,9 @@ def save_image_prompt(prompt: ImagePrompt, path: str | Path) -> Path:
 
 def load_image_prompt(path: str | Path) -> ImagePrompt:
     path = Path(path)
-    if not path.is_file():
-        raise IPAdapterError(f"Image prompt file not found: {path}. Put the {EXTENSION} file in ComfyUI's input folder.")
+    regular_file_size(path, f"Put the {EXTENSION} file in ComfyUI's input folder.", "an image prompt", "Save the prompt again with Save Image Prompt.")
     try:
+        check_safetensors_header(path)
         with safe_open(str(path), framework="pt", device="cpu") as file:
             metadata = file.metadata() or {}
             check_metadata(metadata, path.name)
@@ -54,7 +56,7 @@ def load_image_prompt(path: str | Path) -> ImagePrompt:
             if not {"cond", "uncond"} <= names or not names <= TENSOR_NAMES:
                 raise IPAdapterError(f"{path.name} has tensors {sorted(names)} instead of cond and uncond; {DAMAGED}")
             tensors = {name: file.get_tensor(name) for name in names}
-    except (SafetensorError, OSError, RuntimeError) as error:
+    except (FileDamaged, SafetensorError, OSError, RuntimeError, ValueError, TypeError) as error:
         raise IPAdapterError(
             f"{path.name} could not be read as an image prompt: it is not a safetensors file, or it is corrupt or "
             f"truncated ({str(error).strip()[:200]}). Save the prompt again with Save Image Prompt."
@@ -63,20 +65,20 @@ def load_image_prompt(path: str | Path) -> ImagePrompt:
 
 
 def check_metadata(metadata: dict[str, str], name: str) -> None:
-    if metadata.get("format") != FORMAT:
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise IPAdapterError(
             f"{name} is not an image prompt file (no '{FORMAT}' mark in its metadata). "
             "Choose a file written by Save Image Prompt."
         )
     version = metadata.get("version", "")
-    if not version.isdigit():
-        raise IPAdapterError(f"{name} has an unreadable format version {version!r}; {DAMAGED}")
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9]{1,6}", version):
+        raise IPAdapterError(f"{name} has an unreadable format version {str(version)[:20]!r}; {DAMAGED}")
     if int(version) > VERSION:
         raise IPAdapterError(
             f"{name} was saved by a newer version of the IP-Adapter nodes (image prompt format {version}; this "
             f"version reads format {VERSION}). Update the IP-Adapter custom nodes to load it."
         )
-    if int(version) != VERSION or not metadata.get("adapter_identity"):
+    if int(version) != VERSION or not isinstance(metadata.get("adapter_identity"), str) or not metadata["adapter_identity"]:
         raise IPAdapterError(f"{name} has no valid adapter identity or format version; {DAMAGED}")
 
 
@@ -87,9 +89,13 @@ def build_prompt(tensors: dict[str, torch.Tensor], metadata: dict[str, str], nam
             f"{name} holds tokens of shapes {tuple(cond.shape)} and {tuple(uncond.shape)}; an image prompt needs two "
             f"equal (references, tokens, width) float tensors; {DAMAGED}"
         )
+    if min(cond.shape) < 1:
+        raise IPAdapterError(f"{name} holds empty tokens of shape {tuple(cond.shape)}; {DAMAGED}")
     weights = tensors.get("reference_weights")
     if weights is not None and (weights.ndim != 1 or weights.shape[0] != cond.shape[0] or not weights.is_floating_point()):
         raise IPAdapterError(f"{name} has {tuple(weights.shape)} reference weights for {cond.shape[0]} references; {DAMAGED}")
+    if not all(bool(torch.isfinite(t).all()) for t in (cond, uncond) + (() if weights is None else (weights,))):
+        raise IPAdapterError(f"{name} contains NaN or infinite values; {DAMAGED}")
     return ImagePrompt(
         cond=cond.float(),
         uncond=uncond.float(),

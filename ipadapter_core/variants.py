@@ -144,14 +144,43 @@ def architecture_of(weights: AdapterWeights) -> str:
 
 def detect_variant(weights: AdapterWeights) -> AdapterSpec:
     """Identify the projection network and the model layers from the state dict alone."""
-    proj = weights.image_proj
     architecture = architecture_of(weights)
-    if architecture == FLUX:
-        return detect_flux(weights)
-    if architecture == SD3:
-        return detect_sd3(weights)
+    try:
+        if architecture == FLUX:
+            spec = detect_flux(weights)
+        elif architecture == SD3:
+            spec = detect_sd3(weights)
+        else:
+            spec = detect_unet(weights)
+    except (KeyError, IndexError, ZeroDivisionError) as error:  # a recognised layout with missing or misshapen tensors
+        raise IPAdapterError(
+            f"The IP-Adapter's image projection has missing or misshapen tensors ({type(error).__name__}: {error}); "
+            "the file is damaged. Download it again."
+        ) from None
+    if min(spec.encoder_width, spec.cross_attention_dim, spec.num_tokens or 1, *(dim for _, dim in spec.layer_dims)) < 1:
+        raise IPAdapterError("The IP-Adapter's weights have empty dimensions; the file is damaged. Download it again.")
+    return spec
+
+
+def detect_unet(weights: AdapterWeights) -> AdapterSpec:
+    """The UNet layouts: the projection from its key layout, the layers (and a FaceID LoRA) from theirs."""
     layer_dims, cross_dim, lora_rank, lora_layers = read_layers(weights.ip_adapter)
-    lora = dict(lora_rank=lora_rank, lora_layers=lora_layers)
+    spec = projection_spec(weights.image_proj, layer_dims, dict(lora_rank=lora_rank, lora_layers=lora_layers))
+    if spec.cross_attention_dim != cross_dim:
+        raise IPAdapterError(
+            f"Inconsistent IP-Adapter file: the image projection outputs width {spec.cross_attention_dim} but "
+            f"the cross-attention weights expect {cross_dim}. The file is damaged or mixes two adapters."
+        )
+    if spec.is_faceid and spec.face_width != FACE_WIDTH:
+        raise IPAdapterError(
+            f"This FaceID adapter reads face embeddings of width {spec.face_width}, but InsightFace's are "
+            f"{FACE_WIDTH} wide; the file is damaged or not an official FaceID adapter."
+        )
+    return spec
+
+
+def projection_spec(proj: dict[str, torch.Tensor], layer_dims: tuple[tuple[int, int], ...], lora: dict) -> AdapterSpec:
+    """The AdapterSpec of the image projection's key layout; shapes read as the official modules define them."""
     if "perceiver_resampler.proj_in.weight" in proj and "proj.0.weight" in proj:
         perceiver = strip(proj, "perceiver_resampler.")
         width = proj["norm.weight"].shape[0] if "norm.weight" in proj else 0
@@ -225,16 +254,6 @@ def detect_variant(weights: AdapterWeights) -> AdapterSpec:
             f"{', '.join(sorted(proj)[:6])}...). Supported: base, light, vit-G, plus, plus-face, "
             "full-face and FaceID (faceid, plus, plusv2, portrait) for SD1.5; base, vit-h, plus, "
             "plus-face and FaceID (faceid, plusv2, portrait, portrait-unnorm) for SDXL; XLabs' for Flux.1; InstantX's for SD3.5 Large."
-        )
-    if spec.cross_attention_dim != cross_dim:
-        raise IPAdapterError(
-            f"Inconsistent IP-Adapter file: the image projection outputs width {spec.cross_attention_dim} but "
-            f"the cross-attention weights expect {cross_dim}. The file is damaged or mixes two adapters."
-        )
-    if spec.is_faceid and spec.face_width != FACE_WIDTH:
-        raise IPAdapterError(
-            f"This FaceID adapter reads face embeddings of width {spec.face_width}, but InsightFace's are "
-            f"{FACE_WIDTH} wide; the file is damaged or not an official FaceID adapter."
         )
     return spec
 

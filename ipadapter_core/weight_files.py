@@ -36,7 +36,8 @@ WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 # Pickles of weights are small next to their tensors (an SDXL adapter's is ~60 kB); a larger one
 # is not plain weights, and the unpickler's memory grows with it.
 MAX_PICKLE_BYTES = 4 << 20
-MAX_ZIP_MEMBERS = 1 << 16
+MAX_SAFETENSORS_HEADER = 2 << 20  # an SDXL checkpoint's is ~250 kB; parsing costs ~10x its size
+MAX_ZIP_MEMBERS = 1 << 14  # an SDXL checkpoint has ~2,500; parsing the directory costs ~0.5 kB per member
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the number PyTorch before 1.6 wrote as its first pickle
 LEGACY_PICKLES = 4  # magic number, protocol version, system info, then the object itself
@@ -64,10 +65,10 @@ def weight_format(path: str | Path) -> str | None:
     return None
 
 
-def regular_file_size(path: str | Path, missing: str) -> int:
+def regular_file_size(path: str | Path, missing: str, what: str = "weights", fix: str = "Download it again.") -> int:
     """The size of `path` after following links; refuses what is not a non-empty regular file.
 
-    missing: the sentence telling the user where the file belongs.
+    missing: the sentence telling the user where the file belongs; what and fix: for an empty file.
     """
     path = Path(path)
     try:
@@ -77,7 +78,7 @@ def regular_file_size(path: str | Path, missing: str) -> int:
     if not stat.S_ISREG(info.st_mode):
         raise IPAdapterError(f"{path.name} is not a regular file (a folder, device or pipe, or a link to one): {path}. {missing}")
     if info.st_size == 0:
-        raise IPAdapterError(f"{path.name} is empty; the download or copy did not finish. Download it again.")
+        raise IPAdapterError(f"{path.name} could not be read as {what}: the file is empty (a download or copy that did not finish). {fix}")
     return info.st_size
 
 
@@ -235,8 +236,34 @@ def unsafe_imports(imports: list[str]) -> list[str]:
     return unsafe
 
 
+def zip_member_count(path: Path, size: int) -> int:
+    """The member count the zip's end record declares, read before the directory is parsed."""
+    with open(path, "rb") as file:
+        tail_start = max(0, size - (1 << 16) - 22)  # the end record and a comment of at most 64 kB
+        file.seek(tail_start)
+        tail = file.read()
+        end = tail.rfind(b"PK\x05\x06")
+        if end < 0 or end + 22 > len(tail):
+            raise FileDamaged("its zip end record is missing")
+        count = int.from_bytes(tail[end + 10 : end + 12], "little")
+        locator = end - 20
+        if count == 0xFFFF and locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":  # zip64
+            offset = int.from_bytes(tail[locator + 8 : locator + 16], "little")
+            if offset + 56 > size:
+                raise FileDamaged("its zip64 end record is missing")
+            file.seek(offset)
+            record = file.read(56)
+            if record[:4] != b"PK\x06\x06":
+                raise FileDamaged("its zip64 end record is missing")
+            count = int.from_bytes(record[32:40], "little")
+    return count
+
+
 def check_torch_zip(path: Path, size: int) -> None:
     """Check a torch.save zip archive without unpickling: raises FileDamaged or NeedsCode."""
+    declared = zip_member_count(path, size)
+    if declared > MAX_ZIP_MEMBERS:
+        raise FileDamaged(f"its zip archive lists {declared} members, far more than a weights file has")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
@@ -330,7 +357,19 @@ def load_pickle_weights(path: Path, size: int, mmap: bool = False) -> object:
         raise FileDamaged("PyTorch could not rebuild its tensors from the records") from error
 
 
+def check_safetensors_header(path: Path) -> None:
+    """The header's declared length, checked before any parser allocates for it."""
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+    if len(prefix) < 8:
+        raise FileDamaged("it is too short to hold a safetensors header")
+    length = int.from_bytes(prefix, "little")
+    if length > MAX_SAFETENSORS_HEADER:
+        raise FileDamaged(f"its header claims {length} bytes, far more than a weights file's header needs")
+
+
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    check_safetensors_header(path)
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, RuntimeError, ValueError, TypeError) as error:
@@ -338,6 +377,7 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as file:
             return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
@@ -357,7 +397,7 @@ def read_weights(
     kind = weight_format(path)
     if kind is None:
         raise IPAdapterError(f"{path.name}: unsupported file type {path.suffix!r}; use .safetensors or .bin.")
-    size = regular_file_size(path, missing)
+    size = regular_file_size(path, missing, f"{what} weights", fix)
     try:
         if reader is not None:
             return reader(path, size)
