@@ -15,6 +15,11 @@ from .errors import IPAdapterError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Resizing the shortest side to 224 first (as the reference does) turns a 1x4096 strip into a
+# 224x917504 image (2.4 GB) before the centre crop; beyond this ratio the long side is cropped
+# first. Below it, nothing changes.
+MAX_ASPECT = 16
+MAX_TILES = 16  # square tiles of one reference (crop "tiles"); each is a full encoder pass
 
 
 def to_rgb(image: torch.Tensor, name: str = "image") -> torch.Tensor:
@@ -45,7 +50,10 @@ def clip_pixels(
     crop: bool = True,
 ) -> torch.Tensor:
     """(B, H, W, C) in [0, 1] -> normalised (B, 3, size, size). Without crop the image is squashed."""
-    pixels = to_rgb(image).movedim(-1, 1)
+    pixels = to_rgb(image)
+    if crop:
+        pixels = limit_aspect(pixels)
+    pixels = pixels.movedim(-1, 1)
     if pixels.shape[2:] != (size, size):
         if crop:
             scale = size / min(pixels.shape[2:])
@@ -61,6 +69,23 @@ def clip_pixels(
     return (pixels - mean_t) / std_t
 
 
+def limit_aspect(image: torch.Tensor, max_ratio: int = MAX_ASPECT) -> torch.Tensor:
+    """(B, H, W, C): the centre of the long side, at most `max_ratio` times the short side.
+
+    The centre crop keeps only the middle square anyway; this bounds the resize before it.
+    """
+    height, width = image.shape[1:3]
+    short = min(height, width)
+    if max(height, width) <= max_ratio * short:
+        return image
+    keep = max_ratio * short
+    if height > width:
+        top = (height - keep) // 2
+        return image[:, top : top + keep]
+    left = (width - keep) // 2
+    return image[:, :, left : left + keep]
+
+
 def square_tiles(image: torch.Tensor) -> torch.Tensor:
     """Cover each image with square tiles along its long side, so nothing is cropped away.
 
@@ -71,6 +96,11 @@ def square_tiles(image: torch.Tensor) -> torch.Tensor:
     height, width = image.shape[1:3]
     side = min(height, width)
     count = -(-max(height, width) // side)
+    if count > MAX_TILES:
+        raise IPAdapterError(
+            f"The image is {width}x{height}: square tiles would make {count} references (at most {MAX_TILES}). "
+            "Crop or resize it first, or choose crop 'center' or 'squash'."
+        )
     starts = [round(i * (max(height, width) - side) / max(count - 1, 1)) for i in range(count)]
     if height >= width:
         tiles = [image[:, start : start + side] for start in starts]
