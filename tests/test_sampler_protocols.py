@@ -3,7 +3,9 @@
 Each is checked against the same sampler run on a branch composed by hand: models whose image
 tokens are the same for every pass (all conditional, or all unconditional) give what each
 pass must see, whatever the guider's list order or batching; windows must give every latent
-exactly what the unwindowed batch gives it.
+exactly what the unwindowed batch gives it. The UNet's attn2 patches on the tiny SD1.5 UNet,
+then the same for the Flux double blocks and SD3.5 joint blocks (tests/test_dit_controls.py's
+small models and adapters).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 from helpers import conditioning, node, predict_noise
+import test_dit_controls as dit
 from tools.random_models import adapter_state_dict, save_adapter
 
 
@@ -70,7 +73,7 @@ def pass_outputs(comfy, model, make_guider, noise, sigma=4.0):
 CONDS = {"positive": 1, "middle": 3, "negative": 2}  # conditioning seeds
 
 
-def make_list_guider(order):
+def make_list_guider(order, condition=conditioning):
     """A guider that hands calc_cond_batch the named conditionings in `order` (marked as the host marks them)."""
     import comfy.samplers
     import node_helpers
@@ -82,7 +85,7 @@ def make_list_guider(order):
 
     def make(model):
         guider = ListGuider(model)
-        conds = {name: conditioning(seed) for name, seed in CONDS.items() if name in order}
+        conds = {name: condition(seed) for name, seed in CONDS.items() if name in order}
         if "middle" in conds:  # as DualCFGGuider marks its middle conditioning
             conds["middle"] = node_helpers.conditioning_set_values(conds["middle"], {"prompt_type": "negative"})
         guider.inner_set_conds(conds)
@@ -91,27 +94,30 @@ def make_list_guider(order):
     return make
 
 
-def make_dual_guider(cfg1, cfg2, nested):
+def make_dual_guider(cfg1, cfg2, nested, condition=conditioning):
     def make(model):
         from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
         guider = Guider_DualCFG(model)
-        guider.set_conds(conditioning(CONDS["positive"]), conditioning(CONDS["middle"]), conditioning(CONDS["negative"]))
+        guider.set_conds(condition(CONDS["positive"]), condition(CONDS["middle"]), condition(CONDS["negative"]))
         guider.set_cfg(cfg1, cfg2, nested=nested)
         return guider
 
     return make
 
 
+def composed_by_hand(model, adapter, prompt) -> dict:
+    """The real branch, and two composed by hand: every pass sees the conditional / the unconditional tokens."""
+    return {
+        "real": apply(model, adapter, prompt),
+        "cond": apply(model, adapter, dataclasses.replace(prompt, uncond=prompt.cond)),
+        "uncond": apply(model, adapter, dataclasses.replace(prompt, cond=prompt.uncond)),
+    }
+
+
 @pytest.fixture(scope="module")
 def by_hand(comfy, tiny_model, adapter, small_clip_vision):
-    """The real branch, and two composed by hand: every pass sees the conditional / the unconditional tokens."""
-    prompt = encode(adapter, small_clip_vision, images(1))
-    return {
-        "real": apply(tiny_model, adapter, prompt),
-        "cond": apply(tiny_model, adapter, dataclasses.replace(prompt, uncond=prompt.cond)),
-        "uncond": apply(tiny_model, adapter, dataclasses.replace(prompt, cond=prompt.uncond)),
-    }
+    return composed_by_hand(tiny_model, adapter, encode(adapter, small_clip_vision, images(1)))
 
 
 def expected_source(name):
@@ -223,5 +229,68 @@ def test_context_windows_give_every_latent_its_own_inputs(comfy, per_latent_mode
     _, cond, uncond, _ = predict_noise(comfy, model, noise, 4.0, conditioning(1), conditioning(2), cfg=5.0)
     for protocol, windows in WINDOWS.items():
         _, window_cond, window_uncond, _ = predict_noise(comfy, windowed(model, protocol, windows), noise, 4.0, conditioning(1), conditioning(2), cfg=5.0)
+        assert torch.allclose(window_cond, cond, rtol=1e-5, atol=1e-5), protocol
+        assert torch.allclose(window_uncond, uncond, rtol=1e-5, atol=1e-5), protocol
+
+
+# --- the same on Flux double blocks and SD3.5 joint blocks -----------------------------------------
+
+
+FLUX, SD3, LATENT, SIGMA = dit.FLUX, dit.SD3, dit.LATENT, dit.SIGMA
+dit_models, dit_adapter_folder = dit.models, dit.adapter_folder  # its fixtures, under this module's names
+
+
+@pytest.fixture(scope="module")
+def dit_by_hand(comfy, dit_models, dit_adapter_folder):
+    hands = {}
+    for kind in (FLUX, SD3):
+        adapter = dit.load(kind)
+        hands[kind] = composed_by_hand(dit_models[kind], adapter, dit.random_prompt(adapter, seed=7))
+    return hands
+
+
+@pytest.mark.parametrize("kind", [FLUX, SD3])
+@pytest.mark.parametrize("separate", [False, True], ids=["one batch", "one call per pass"])
+def test_dit_blocks_give_each_pass_its_tokens(comfy, dit_by_hand, kind, separate, monkeypatch):
+    """DualCFGGuider's three passes, and a guider listing them in another order."""
+    if separate:
+        import comfy.samplers
+
+        monkeypatch.setattr(comfy.samplers, "can_concat_cond", lambda c1, c2: c1 is c2)
+
+    def condition(seed):
+        return dit.conditioning(kind, seed)
+
+    noise = torch.randn(1, *LATENT, generator=torch.Generator().manual_seed(8))
+    guiders = [(("negative", "middle", "positive"), make_dual_guider(3.0, 5.0, False, condition)),
+               (("middle", "positive", "negative"), make_list_guider(["middle", "positive", "negative"], condition))]
+    for order, guider in guiders:
+        real = pass_outputs(comfy, dit_by_hand[kind]["real"], guider, noise, sigma=SIGMA[kind])
+        hand = {source: pass_outputs(comfy, dit_by_hand[kind][source], guider, noise, sigma=SIGMA[kind]) for source in ("cond", "uncond")}
+        assert all(output is not None for output in real)
+        for position, (name, output) in enumerate(zip(order, real)):
+            assert torch.allclose(output, hand[expected_source(name)][position], rtol=1e-5, atol=1e-5), (order, name)
+
+
+DIT_LATENTS = 6
+DIT_WINDOWS = {"host": [[0, 1, 2], [2, 3, 4], [4, 5, 0]], "animatediff": [[0, 1, 2], [3, 4, 5]]}
+
+
+@pytest.mark.parametrize("kind", [FLUX, SD3])
+def test_dit_context_windows_give_every_latent_its_own_inputs(comfy, dit_models, dit_adapter_folder, kind):
+    """Unfolded references (fewer than latents), a weight schedule, one mask per latent and step gating."""
+    adapter = dit.load(kind)
+    height, width = 8 * LATENT[1], 8 * LATENT[2]
+    masks = torch.zeros(DIT_LATENTS, height, width)
+    for i in range(DIT_LATENTS):
+        masks[i, : 16 + 8 * i, : width - 12 * i] = 1
+    schedule = tuple(1.0 - i / DIT_LATENTS for i in range(DIT_LATENTS))
+    model = apply(dit_models[kind], adapter, dit.random_prompt(adapter, references=4, seed=9), start_at=0.2, unfold_batch=True,
+                  weight_schedule=schedule, attn_mask=masks)
+    noise = torch.randn(DIT_LATENTS, *LATENT, generator=torch.Generator().manual_seed(10))
+    positive, negative = dit.conditioning(kind, 1), dit.conditioning(kind, 2)
+    _, cond, uncond, _ = predict_noise(comfy, model, noise, SIGMA[kind], positive, negative, cfg=2.0)
+    for protocol, windows in DIT_WINDOWS.items():
+        _, window_cond, window_uncond, _ = predict_noise(comfy, windowed(model, protocol, windows), noise, SIGMA[kind], positive, negative, cfg=2.0)
         assert torch.allclose(window_cond, cond, rtol=1e-5, atol=1e-5), protocol
         assert torch.allclose(window_uncond, uncond, rtol=1e-5, atol=1e-5), protocol
