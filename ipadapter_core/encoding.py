@@ -11,7 +11,7 @@ from .adapter import IPAdapterModel
 from .encoders import IMAGE_EMBEDS, vision_model_name
 from .errors import IPAdapterError
 from .image_prompt import ImagePrompt, check_average_weights, counted_mean, weighted_average, weighted_sum
-from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels, square_tiles
+from .preprocess import CLIP_MEAN, CLIP_STD, Normalise, clip_pixels, square_tiles
 from .variants import BLACK_IMAGE, ZERO_FEATURES, AdapterSpec
 
 # pixels (B, 3, S, S), normalised -> the encoder output the adapter reads (B, width) or (B, tokens, width)
@@ -113,6 +113,7 @@ def encode_image_prompt(
     crop: str = "center",
     batch_size: int = 0,
     on_progress: Progress | None = None,
+    normalise: Normalise | None = None,
 ) -> ImagePrompt:
     """Project the reference images; by default their tokens are later concatenated (as diffusers does).
 
@@ -125,6 +126,7 @@ def encode_image_prompt(
     "tiles" encodes square tiles covering wide or tall images, each as a reference.
     batch_size: reference images (with their tiles) encoded per encoder call, 0 for all at once;
     on_progress(done, total) follows the references (see encode_in_batches).
+    normalise: the CLIP preprocessing after the checks (preprocess.clip_pixels); the nodes give the host's.
     """
     spec = adapter.spec
     require_clip_adapter(spec)
@@ -140,7 +142,7 @@ def encode_image_prompt(
     def pixels(batch: torch.Tensor) -> torch.Tensor:
         if crop == "tiles":
             batch = square_tiles(batch)
-        return clip_pixels(batch, size, mean, std, crop=crop != "squash")
+        return clip_pixels(batch, size, mean, std, crop=crop != "squash", normalise=normalise)
 
     def encode_images(batch: torch.Tensor) -> torch.Tensor:
         return encode(pixels(batch))
@@ -161,7 +163,7 @@ def encode_image_prompt(
     elif spec.unconditional == ZERO_FEATURES:
         negative = torch.zeros_like(features)
     elif spec.unconditional == BLACK_IMAGE:
-        black = clip_pixels(torch.zeros(1, size, size, 3), size, mean, std)
+        black = clip_pixels(torch.zeros(1, size, size, 3), size, mean, std, normalise=normalise)
         negative = encode(black.to(features.device)).expand(count, *features.shape[1:])
     else:
         negative = encode(torch.zeros(1, 3, size, size, device=features.device)).expand(count, *features.shape[1:])

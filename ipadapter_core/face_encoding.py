@@ -17,7 +17,7 @@ from .encoding import Encoder, check_feature_width, combine_features
 from .errors import IPAdapterError
 from .face_analysis import Face
 from .image_prompt import ImagePrompt
-from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels
+from .preprocess import CLIP_MEAN, CLIP_STD, Normalise, clip_pixels
 
 
 def require_faceid_adapter(adapter: IPAdapterModel) -> None:
@@ -49,10 +49,12 @@ def encode_face_image_prompt(
     combine: str = "concat",
     weights: Sequence[float] | None = None,
     shortcut_scale: float | None = None,
+    normalise: Normalise | None = None,
 ) -> ImagePrompt:
     """Project detected faces; plus adapters also encode the aligned crops with CLIP (`encode`).
 
     weights: one per face. shortcut_scale: plusv2's shortcut (None: plus v1); other adapters ignore it.
+    normalise: the CLIP preprocessing of the crops (preprocess.clip_pixels); the nodes give the host's.
     """
     check_face_encoder(adapter, encode is not None)
     spec = adapter.spec
@@ -61,7 +63,7 @@ def encode_face_image_prompt(
     embeddings = torch.stack([face.embedding_for(spec.face_embedding) for face in faces])
     clip = clip_uncond = None
     if spec.needs_clip:
-        clip = encode(clip_pixels(torch.stack([face.crop for face in faces]), size, mean, std))
+        clip = encode(clip_pixels(torch.stack([face.crop for face in faces]), size, mean, std, normalise=normalise))
         check_feature_width(spec, clip)
         clip_uncond = encode(torch.zeros(1, 3, size, size, device=clip.device)).expand_as(clip)
     return project_faces(adapter, embeddings, clip, clip_uncond, combine, weights, shortcut_scale)

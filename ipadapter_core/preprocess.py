@@ -1,12 +1,18 @@
 """Reference images -> CLIP pixel values, as the IP-Adapter reference pipeline prepares them.
 
 Images arrive as ComfyUI-style float tensors (batch, height, width, channels) in [0, 1].
-CLIP preprocessing: shortest side to `size` (bicubic, antialiased), centre crop, quantise to
-8-bit levels (the reference works on uint8 PIL images, so this keeps results comparable),
-normalise with CLIP's mean and std.
+Two steps: `prepare_rgb` checks and converts what users connect (RGBA, grayscale, NaN, empty or
+extreme strips); a Normalise function then does the CLIP preprocessing proper: shortest side to
+`size` (bicubic, antialiased), centre crop, quantise to 8-bit levels (the reference works on
+uint8 PIL images, so this keeps results comparable), normalise with CLIP's mean and std.
+The nodes pass ComfyUI's own `comfy.clip_vision.clip_preprocess` as that function;
+`resize_crop_normalise` is the same computation for what runs without ComfyUI (the trainer and
+the core's tests), checked bit for bit against the host's in tests/test_encoding.py.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +26,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # first. Below it, nothing changes.
 MAX_ASPECT = 16
 MAX_TILES = 16  # square tiles of one reference (crop "tiles"); each is a full encoder pass
+# (images (B, H, W, 3) in [0, 1], size, mean, std, crop) -> (B, 3, size, size): comfy.clip_vision.clip_preprocess's signature
+Normalise = Callable[[torch.Tensor, int, Sequence[float], Sequence[float], bool], torch.Tensor]
 
 
 def to_rgb(image: torch.Tensor, name: str = "image") -> torch.Tensor:
@@ -45,27 +53,39 @@ def to_rgb(image: torch.Tensor, name: str = "image") -> torch.Tensor:
 def clip_pixels(
     image: torch.Tensor,
     size: int = 224,
-    mean: tuple[float, ...] = CLIP_MEAN,
-    std: tuple[float, ...] = CLIP_STD,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
     crop: bool = True,
+    normalise: Normalise | None = None,
 ) -> torch.Tensor:
-    """(B, H, W, C) in [0, 1] -> normalised (B, 3, size, size). Without crop the image is squashed."""
+    """(B, H, W, C) in [0, 1] -> normalised (B, 3, size, size). Without crop the image is squashed.
+
+    normalise: the CLIP preprocessing proper (the host's in the nodes); resize_crop_normalise if None.
+    """
+    return (normalise or resize_crop_normalise)(prepare_rgb(image, crop), size, mean, std, crop)
+
+
+def prepare_rgb(image: torch.Tensor, crop: bool = True) -> torch.Tensor:
+    """What users connect -> (B, H, W, 3) float RGB, checked; with crop, extreme strips cut to MAX_ASPECT first."""
     pixels = to_rgb(image)
-    if crop:
-        pixels = limit_aspect(pixels)
-    pixels = pixels.movedim(-1, 1)
+    return limit_aspect(pixels) if crop else pixels
+
+
+def resize_crop_normalise(image: torch.Tensor, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, crop: bool = True) -> torch.Tensor:
+    """(B, H, W, 3) RGB in [0, 1] -> (B, 3, size, size): the computation of comfy.clip_vision.clip_preprocess."""
+    pixels = image.movedim(-1, 1)
     if pixels.shape[2:] != (size, size):
         if crop:
             scale = size / min(pixels.shape[2:])
-            target = (max(size, round(scale * pixels.shape[2])), max(size, round(scale * pixels.shape[3])))
+            target = (round(scale * pixels.shape[2]), round(scale * pixels.shape[3]))
         else:
             target = (size, size)
         pixels = F.interpolate(pixels, size=target, mode="bicubic", antialias=True)
         top, left = (pixels.shape[2] - size) // 2, (pixels.shape[3] - size) // 2
         pixels = pixels[:, :, top : top + size, left : left + size]
     pixels = (pixels * 255).clamp(0, 255).round() / 255
-    mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1)
     return (pixels - mean_t) / std_t
 
 

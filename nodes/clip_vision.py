@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+import comfy.clip_vision
 import comfy.model_management
+import torch
+from comfy.model_patcher import ModelPatcher
 
 from ..ipadapter_core.encoders import IMAGE_EMBEDS, PENULTIMATE, PENULTIMATE_LAYER
 from ..ipadapter_core.encoding import Encoder, check_encoder
@@ -19,7 +21,7 @@ def comfy_encoder(clip_vision, spec: AdapterSpec) -> Encoder:
 
     Calls the vision model directly (not `encode_image`) because the unconditional tokens of
     hidden-state adapters need the encoder's answer to an all-zero pixel tensor, which no image
-    in [0, 1] preprocesses to.
+    in [0, 1] preprocesses to. The caller loads the model first (load_models).
     """
     projection = getattr(clip_vision.model, "visual_projection", None)
     vision = getattr(clip_vision.model, "vision_model", None)
@@ -33,8 +35,20 @@ def comfy_encoder(clip_vision, spec: AdapterSpec) -> Encoder:
     check_encoder(spec, embeds_width, vision.post_layernorm.weight.shape[0])
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
-        comfy.model_management.load_model_gpu(clip_vision.patcher)
         out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output=PENULTIMATE_LAYER)
         return out[OUTPUT_INDEX[spec.encoder_output]].float()
 
     return encode
+
+
+def preprocessing(clip_vision) -> dict:
+    """The encoder's input size and normalisation, and the host's CLIP preprocessing, as
+    encode_image_prompt's keyword arguments."""
+    return dict(size=clip_vision.image_size, mean=tuple(clip_vision.image_mean), std=tuple(clip_vision.image_std),
+                normalise=comfy.clip_vision.clip_preprocess)
+
+
+def load_models(*patchers: ModelPatcher | None) -> None:
+    """Put the adapter and the encoder on the device in one load_models_gpu call: model management
+    then makes room for both at once, instead of possibly evicting the first to load the second."""
+    comfy.model_management.load_models_gpu([patcher for patcher in patchers if patcher is not None])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import comfy.model_management
 import torch
 
 from ..ipadapter_core.encoding import COMBINE_METHODS, parse_weights
@@ -12,7 +11,7 @@ from ..ipadapter_core.face_analysis import FACE_SELECTIONS, FaceAnalyzer
 from ..ipadapter_core.face_encoding import check_face_encoder, encode_face_image_prompt
 from ..ipadapter_core.image_prompt import ImagePrompt
 from .api import CATEGORY, io
-from .clip_vision import comfy_encoder
+from .clip_vision import comfy_encoder, load_models, preprocessing
 from .load_ipadapter import LoadedIPAdapter
 from .socket_types import ImagePromptSocket, InsightFaceSocket, IPAdapterSocket
 
@@ -31,13 +30,13 @@ def encode_faces(
     """The prompt and the aligned face crops; the adapter and clip_vision are checked before any face is analysed."""
     spec = ipadapter.model.spec
     check_face_encoder(ipadapter.model, clip_vision is not None)
-    encoder, clip_options = None, {}
+    encoder, clip_options, clip_patcher = None, {}, None
     if spec.needs_clip:
         encoder = comfy_encoder(clip_vision, spec)
-        clip_options = dict(size=clip_vision.image_size, mean=tuple(clip_vision.image_mean), std=tuple(clip_vision.image_std))
+        clip_options, clip_patcher = preprocessing(clip_vision), clip_vision.patcher
     weights = parse_weights(image_weights, image.shape[0] if image.ndim == 4 else 1)
     found = insightface.reference_faces(image, faces)
-    comfy.model_management.load_model_gpu(ipadapter.patcher)
+    load_models(ipadapter.patcher, clip_patcher)
     prompt = encode_face_image_prompt(
         ipadapter.model,
         found,

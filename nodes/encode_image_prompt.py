@@ -11,7 +11,7 @@ import torch
 from ..ipadapter_core.encoding import COMBINE_METHODS, CROP_MODES, Progress, encode_image_prompt, parse_weights
 from ..ipadapter_core.image_prompt import ImagePrompt
 from .api import CATEGORY, io
-from .clip_vision import comfy_encoder
+from .clip_vision import comfy_encoder, load_models, preprocessing
 from .load_ipadapter import LoadedIPAdapter
 from .socket_types import ImagePromptSocket, IPAdapterSocket
 
@@ -37,16 +37,14 @@ def encode_prompt(
     encode_batch_size: int = 0,
 ) -> ImagePrompt:
     encoder = comfy_encoder(clip_vision, ipadapter.model.spec)
-    comfy.model_management.load_model_gpu(ipadapter.patcher)
     weights = parse_weights(image_weights, image.shape[0] if image.ndim == 4 else 1)
+    load_models(ipadapter.patcher, clip_vision.patcher)
     prompt = encode_image_prompt(
         ipadapter.model,
         image,
         encoder,
         negative_images=negative_image,
-        size=clip_vision.image_size,
-        mean=tuple(clip_vision.image_mean),
-        std=tuple(clip_vision.image_std),
+        **preprocessing(clip_vision),
         combine=combine,
         weights=weights,
         crop=crop,

@@ -15,12 +15,18 @@ def image(seed, shape):
 
 @pytest.mark.parametrize("shape", [(1, 224, 224, 3), (2, 300, 200, 3), (1, 37, 511, 3), (1, 10, 7, 3), (1, 1, 1, 3)])
 def test_pixels_match_comfyui_clip_preprocess(comfy, shape):
+    """The nodes hand the host's clip_preprocess to the core; the core's own copy (for the trainer and
+    tests without ComfyUI) must give the same bits, for CLIP's 224 px and SigLIP's 384 px, cropped or squashed."""
     from comfy.clip_vision import clip_preprocess
 
     from ipadapter_core.preprocess import clip_pixels
 
     batch = image(0, shape)
-    assert torch.allclose(clip_pixels(batch), clip_preprocess(batch), atol=1e-6)
+    for size, mean, std in ((224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)), (384, (0.5,) * 3, (0.5,) * 3)):
+        for crop in (True, False):
+            expected = clip_preprocess(batch, size=size, mean=list(mean), std=list(std), crop=crop)
+            assert torch.equal(clip_pixels(batch, size, mean, std, crop=crop), expected)
+            assert torch.equal(clip_pixels(batch, size, mean, std, crop=crop, normalise=clip_preprocess), expected)
 
 
 def test_pixels_match_transformers_clip_processor():
@@ -160,3 +166,23 @@ def test_a_negative_batch_size_is_refused(base_adapter):
 
     with pytest.raises(IPAdapterError, match="encode_batch_size is -1; use 0"):
         encode_image_prompt(base_adapter, image(23, (2, 32, 32, 3)), counting_encoder([]), batch_size=-1)
+
+
+def test_the_node_uses_the_hosts_preprocessing_and_loads_both_models_at_once(pack, small_clip_vision, monkeypatch):
+    """Encode Image Prompt: comfy.clip_vision.clip_preprocess prepares the pixels, and one load_models_gpu
+    call holds the adapter and the encoder (loading them one by one could evict the first for the second)."""
+    import comfy.clip_vision
+    import comfy.model_management
+
+    from comfyui_ipadapter.ipadapter_core.adapter import IPAdapterModel
+    from comfyui_ipadapter.ipadapter_core.checkpoint import split_adapter_weights
+    from comfyui_ipadapter.nodes.load_ipadapter import wrap_adapter
+
+    adapter = wrap_adapter(IPAdapterModel.from_weights(split_adapter_weights(random_models.adapter_state_dict("plus", random_models.SD15_LAYER_DIMS[:1], seed=9))), "adapter")
+    loads, preprocessed = [], []
+    load_models_gpu, clip_preprocess = comfy.model_management.load_models_gpu, comfy.clip_vision.clip_preprocess
+    monkeypatch.setattr(comfy.model_management, "load_models_gpu", lambda models, *args, **kwargs: loads.append(list(models)) or load_models_gpu(models, *args, **kwargs))
+    monkeypatch.setattr(comfy.clip_vision, "clip_preprocess", lambda *args, **kwargs: preprocessed.append(args[0].shape) or clip_preprocess(*args, **kwargs))
+    node("ExactEncodeImagePrompt")(adapter, small_clip_vision, image(40, (3, 64, 80, 3)))
+    assert loads == [[adapter.patcher, small_clip_vision.patcher]]
+    assert preprocessed == [(3, 64, 80, 3)]
