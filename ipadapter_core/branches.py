@@ -13,7 +13,7 @@ import torch
 
 from .adapter import IPAdapterModel
 from .errors import IPAdapterError
-from .image_branch import SCALING_MODES, ImageBranch
+from .image_branch import V_ONLY, ImageBranch, check_scaling
 from .image_prompt import ImagePrompt
 from .layer_map import CrossAttentionLayer, LayerKey
 from .layer_weights import TWO_PROMPT_TYPES, apply_layer_spec, layer_factors, two_prompt_factors
@@ -61,8 +61,7 @@ def sigma_range(start_at: float, end_at: float, percent_to_sigma: Callable[[floa
 def make_branch(adapter: IPAdapterModel, prompt: ImagePrompt, weight: float, factors: dict[LayerKey, float] | None, unfold: bool, **options) -> ImageBranch:
     """One image branch of `adapter` for `prompt`; options are ImageBranch's (sigma_range, latent_weights, mask, scaling)."""
     prompt.check_made_by(adapter)
-    if options["scaling"] not in SCALING_MODES:
-        raise IPAdapterError(f"Unknown embeds_scaling {options['scaling']!r}; choose one of {', '.join(SCALING_MODES)}.")
+    check_scaling(options["scaling"])
     if adapter.spec.timestep_conditioned:
         return timestep_branch(adapter, prompt, weight, factors, unfold, **options)
     cond, uncond, token_scale = prompt.layout(unfold)
@@ -72,10 +71,10 @@ def make_branch(adapter: IPAdapterModel, prompt: ImagePrompt, weight: float, fac
 def timestep_branch(adapter: IPAdapterModel, prompt: ImagePrompt, weight: float, factors: dict[LayerKey, float] | None, unfold: bool, **options) -> TimestepImageBranch:
     """SD3.5: the prompt holds one row of encoder features per reference, projected at every step;
     without unfold all references form one row whose tokens are concatenated."""
-    if options["scaling"] != "V only":
+    if options["scaling"] != V_ONLY:
         raise IPAdapterError(
             f"embeds_scaling {options['scaling']!r} is not defined for the {adapter.spec.description}: its image keys are "
-            "RMS-normalised in every block, so scaling them has no fixed meaning. Use 'V only'."
+            f"RMS-normalised in every block, so scaling them has no fixed meaning. Use '{V_ONLY}'."
         )
     references = prompt.references
     token_scale = None
@@ -97,7 +96,7 @@ def build_branches(
     end_at: float,
     percent_to_sigma: Callable[[float], float],
     weight_type: str = "linear",
-    embeds_scaling: str = "V only",
+    embeds_scaling: str = V_ONLY,
     attn_mask: torch.Tensor | None = None,
     unfold_batch: bool = False,
     weight_schedule: Sequence[float] | None = None,

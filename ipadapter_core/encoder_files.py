@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from .encoders import IMAGE_EMBEDS, fits_encoder, vision_model_name
 from .errors import IPAdapterError

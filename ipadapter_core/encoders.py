@@ -25,17 +25,19 @@ class Encoder:
     file: str  # the file users download for it, by its usual name ("" where there is none to name)
     positions: int = 0  # patch positions where the widths alone do not pin the model down (SigLIP); 0: any
     face_width: int = 0  # width of the face embedding (InsightFace)
+    heads: int = 0  # attention heads of the vision transformer (not recoverable from its weights); 0: not a transformer
+    activation: str = "gelu"  # of its MLPs: OpenAI's ViT-L uses quick_gelu, the LAION towers and SigLIP gelu
 
     def width(self, output: str) -> int:
         """The width of `output` from this encoder; 0 if it does not give that output."""
         return {IMAGE_EMBEDS: self.embeds_width, PENULTIMATE: self.hidden_width, FACE_EMBEDS: self.face_width}.get(output, 0)
 
 
-CLIP_VIT_H = Encoder("CLIP ViT-H/14", 1024, 1280, "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
-CLIP_VIT_BIGG = Encoder("CLIP ViT-bigG/14", 1280, 1664, "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors")
-CLIP_VIT_L = Encoder("CLIP ViT-L/14", 768, 1024, "clip-vit-large-patch14.safetensors")
+CLIP_VIT_H = Encoder("CLIP ViT-H/14", 1024, 1280, "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", heads=16)
+CLIP_VIT_BIGG = Encoder("CLIP ViT-bigG/14", 1280, 1664, "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors", heads=16)
+CLIP_VIT_L = Encoder("CLIP ViT-L/14", 768, 1024, "clip-vit-large-patch14.safetensors", heads=16, activation="quick_gelu")
 # so400m at 384 px: (384 / 14)^2 = 729 patches; the 512 px SigLIP has the same widths.
-SIGLIP = Encoder("SigLIP so400m/14-384", 0, 1152, "sigclip_vision_patch14_384.safetensors", positions=729)
+SIGLIP = Encoder("SigLIP so400m/14-384", 0, 1152, "sigclip_vision_patch14_384.safetensors", positions=729, heads=16)
 # Every InsightFace recognition model (buffalo_l, antelopev2) embeds faces in 512 dimensions.
 INSIGHTFACE = Encoder("InsightFace", 0, 0, "", face_width=512)
 ENCODERS = (CLIP_VIT_H, CLIP_VIT_BIGG, CLIP_VIT_L, SIGLIP, INSIGHTFACE)

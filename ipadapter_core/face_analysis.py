@@ -26,6 +26,7 @@ from .errors import IPAdapterError
 from .preprocess import to_rgb
 
 REQUIREMENTS_FILE = "requirements-faceid.txt"
+MODEL_SUFFIX = ".onnx"  # InsightFace's model files
 # The files of the two model packs InsightFace publishes for FaceID (the first two are detection and recognition).
 MODEL_PACKS = {
     "buffalo_l": ("det_10g.onnx", "w600k_r50.onnx", "1k3d68.onnx", "2d106det.onnx", "genderage.onnx"),
@@ -157,8 +158,8 @@ def load_face_analyzer(root: str | Path, name: str = "buffalo_l", provider: str 
     folder = Path(root) / "models" / name
     if not folder.is_dir():
         raise IPAdapterError(missing_models_message(folder, name, "was not found"))
-    if not any(folder.glob("*.onnx")):
-        raise IPAdapterError(missing_models_message(folder, name, "has no .onnx files"))
+    if not any(folder.glob(f"*{MODEL_SUFFIX}")):  # InsightFace's own loader globs exactly this
+        raise IPAdapterError(missing_models_message(folder, name, f"has no {MODEL_SUFFIX} files"))
     if provider not in PROVIDERS:
         raise IPAdapterError(f"Unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}.")
     insightface = import_insightface()

@@ -13,7 +13,8 @@ from .adapter import IPAdapterModel
 from .errors import IPAdapterError
 from .layer_map import CrossAttentionLayer, LayerKey
 
-SCALING_MODES = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+V_ONLY = "V only"
+SCALING_MODES = (V_ONLY, "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
 PENALTY_WIDTH = 1280  # "C penalty": the weight is scaled by inner_dim / 1280, gentler on narrow layers
 
 
@@ -41,7 +42,7 @@ class ImageBranch:
     layer_weights: Mapping[LayerKey, float] | None = None
     latent_weights: Sequence[float] | None = None
     mask: torch.Tensor | None = None
-    scaling: str = "V only"
+    scaling: str = V_ONLY
     gate_cache: list = field(default_factory=lambda: [None, None], repr=False)
     device_cache: dict = field(default_factory=dict, repr=False)
 
@@ -166,13 +167,19 @@ def linear_fp32(x: torch.Tensor, layer: torch.nn.Linear, device: torch.device) -
 def scale_keys_values(keys: torch.Tensor, values: torch.Tensor, weight: float, mode: str, inner_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the weight enters: V only is the paper's λ; the others also sharpen or flatten the
     image attention (K) and, with the C penalty, scale the weight by the layer's width / 1280."""
-    if mode == "V only":
+    check_scaling(mode)
+    if mode == V_ONLY:
         return keys, values * weight
     if mode.endswith("w/ C penalty"):
         weight = weight * inner_dim / PENALTY_WIDTH
     if mode in ("K+V", "K+V w/ C penalty"):
         return keys * weight, values * weight
-    if mode == "K+mean(V) w/ C penalty":
-        mean = values.mean(dim=1, keepdim=True)
-        return keys * weight, values - mean + mean * weight
-    raise IPAdapterError(f"Unknown embeds_scaling {mode!r}; choose one of {', '.join(SCALING_MODES)}.")
+    mean = values.mean(dim=1, keepdim=True)  # K+mean(V) w/ C penalty
+    return keys * weight, values - mean + mean * weight
+
+
+def check_scaling(mode: str) -> str:
+    """embeds_scaling must be one of SCALING_MODES; checked when a branch is built, before sampling."""
+    if mode not in SCALING_MODES:
+        raise IPAdapterError(f"Unknown embeds_scaling {mode!r}; choose one of {', '.join(SCALING_MODES)}.")
+    return mode

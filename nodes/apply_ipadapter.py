@@ -9,7 +9,7 @@ from comfy.model_patcher import ModelPatcher
 
 from ..ipadapter_core.branches import FRACTION_RANGE, LORA_STRENGTH_RANGE, WEIGHT_RANGE, build_branches, check_range
 from ..ipadapter_core.errors import IPAdapterError
-from ..ipadapter_core.image_branch import SCALING_MODES
+from ..ipadapter_core.image_branch import SCALING_MODES, V_ONLY
 from ..ipadapter_core.image_prompt import ImagePrompt
 from ..ipadapter_core.layer_map import CrossAttentionLayer, lora_weight_pairs, match_model, model_layers
 from ..ipadapter_core.layer_weights import WEIGHT_TYPES
@@ -75,7 +75,7 @@ class ApplyIPAdapter(io.ComfyNode):
                 start_at_input(),
                 end_at_input(),
                 weight_type_input(optional=True),
-                io.Combo.Input("embeds_scaling", options=list(SCALING_MODES), default="V only", optional=True, tooltip="Where the weight enters the attention. V only is the paper's formula. SD3.5: V only (its image keys are RMS-normed)."),
+                io.Combo.Input("embeds_scaling", options=list(SCALING_MODES), default=V_ONLY, optional=True, tooltip="Where the weight enters the attention. V only is the paper's formula. SD3.5: V only (its image keys are RMS-normed)."),
                 io.Mask.Input("attn_mask", optional=True, tooltip="The image prompt acts only where the mask is 1 (resized to every layer). One mask, or one per latent."),
                 io.Boolean.Input("unfold_batch", default=False, optional=True, tooltip="Reference i goes to latent i (the last repeats) instead of all references to every latent."),
                 WeightScheduleSocket.Input("weight_schedule", optional=True, tooltip="Per-latent factors on the weight (animation), the last repeating."),
@@ -100,7 +100,7 @@ class ApplyIPAdapter(io.ComfyNode):
         start_at: float,
         end_at: float,
         weight_type: str = "linear",
-        embeds_scaling: str = "V only",
+        embeds_scaling: str = V_ONLY,
         attn_mask: torch.Tensor | None = None,
         unfold_batch: bool = False,
         weight_schedule: tuple[float, ...] | None = None,

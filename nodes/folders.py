@@ -6,6 +6,7 @@ import os
 
 import folder_paths
 
+from ..ipadapter_core.face_analysis import MODEL_SUFFIX
 from ..ipadapter_core.weight_files import WEIGHT_SUFFIXES
 
 FOLDER = "ipadapter"
@@ -17,7 +18,7 @@ INSIGHTFACE_FOLDER = "insightface"
 def register_model_folder() -> None:
     """Make models/ipadapter and models/insightface default entries without dropping paths users configured."""
     add_default_folder(FOLDER, EXTENSIONS)
-    add_default_folder(INSIGHTFACE_FOLDER, {".onnx"})
+    add_default_folder(INSIGHTFACE_FOLDER, {MODEL_SUFFIX})
 
 
 def add_default_folder(name: str, extensions: set[str]) -> None:

@@ -43,7 +43,7 @@ class LoadImagePrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         folder = folder_paths.get_input_directory()
-        files = [f for f in os.listdir(folder) if f.endswith(EXTENSION) and os.path.isfile(os.path.join(folder, f))]
+        files = [f for f in os.listdir(folder) if f.lower().endswith(EXTENSION) and os.path.isfile(os.path.join(folder, f))]
         return io.Schema(
             node_id="ExactLoadImagePrompt",
             display_name="Load Image Prompt (IP-Adapter)",

@@ -45,6 +45,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ipadapter_core.encoders import CLIP_VIT_H, CLIP_VIT_L
+from ipadapter_core.encoders import SIGLIP as SIGLIP_ENCODER
 from tools import random_models
 from tools.comfy_host import CACHE, import_comfy, import_pack
 
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = CACHE / "embedded-models"
 CHECKPOINT = "checkpoints/v1-5-pruned-emaonly.safetensors"
-CLIP_VISION = "clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+CLIP_VISION = f"clip_vision/{CLIP_VIT_H.file}"
 IPADAPTER = "ipadapter/ip-adapter_sd15.safetensors"
 IPADAPTER_PLUS = "ipadapter/ip-adapter-plus_sd15.safetensors"
 CONTROLNET = "controlnet/control_v11p_sd15_canny_fp16.safetensors"
@@ -65,10 +67,10 @@ INSIGHTFACE_RECOGNITION = "insightface/models/buffalo_l/w600k_r50.onnx"
 FLUX_UNET = "diffusion_models/flux1-dev.safetensors"
 FLUX_CLIP_L = "text_encoders/clip_l.safetensors"
 FLUX_VAE = "vae/ae.safetensors"
-CLIP_VISION_L = "clip_vision/clip-vit-large-patch14.safetensors"
+CLIP_VISION_L = f"clip_vision/{CLIP_VIT_L.file}"
 IPADAPTER_FLUX = "ipadapter/flux-ip-adapter-v2.safetensors"
 SD35_CHECKPOINT = "checkpoints/sd3.5_large_fp8_scaled.safetensors"
-SIGLIP = "clip_vision/sigclip_vision_patch14_384.safetensors"
+SIGLIP = f"clip_vision/{SIGLIP_ENCODER.file}"
 IPADAPTER_SD35 = "ipadapter/sd3.5-large-ip-adapter.bin"
 SEEDS = {"unet": 0, "text_encoder": 1, "vae": 2, "clip_vision": 3, "ipadapter": 4, "ipadapter_plus": 5, "controlnet": 6, "lora": 7,
          "sdxl_unet": 8, "sdxl_clip_l": 9, "sdxl_clip_g": 10, "sdxl_vae": 11, "ipadapter_plus_sdxl": 12, "ipadapter_faceid": 13, "flux": 14,
@@ -78,13 +80,13 @@ SEEDS = {"unet": 0, "text_encoder": 1, "vae": 2, "clip_vision": 3, "ipadapter": 
 # CLIP ViT-L/14's text tower, the SD1.5 text encoder (openai/clip-vit-large-patch14) and SDXL's first one.
 CLIP_TEXT_CONFIG = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
-# OpenCLIP ViT-bigG/14's text tower, SDXL's second text encoder (ComfyUI's comfy/clip_config_bigg.json).
+# OpenCLIP ViT-bigG/14's text tower, SDXL's second text encoder (the configuration ComfyUI ships for it).
 CLIP_G_TEXT_CONFIG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
                           num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
-# The SD1.x VAE (ldm's AutoencoderKL with first_stage_config's ddconfig), as comfy/sd.py builds it; SDXL's has the same shapes.
+# The SD1.x VAE (ldm's AutoencoderKL with first_stage_config's ddconfig), as ComfyUI builds it; SDXL's has the same shapes.
 SD_VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                  "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-# SDXL's UNet (comfy/model_detection.py) with every level at 320 channels: what detection reads is unchanged.
+# SDXL's UNet with every level at 320 channels: what ComfyUI's model detection reads is unchanged.
 SMALL_SDXL_UNET_CONFIG = dict(
     image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2], channel_mult=[1, 1, 1],
     transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],

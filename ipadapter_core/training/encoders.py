@@ -7,21 +7,17 @@ embedding; `PENULTIMATE`: all tokens of the second-to-last layer), in eval mode,
 from __future__ import annotations
 
 import abc
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..checkpoint import read_weights_file
-from ..encoders import IMAGE_EMBEDS, PENULTIMATE
+from ..encoder_files import TRANSFORMERS_LAYER_KEY
+from ..encoders import IMAGE_EMBEDS, PENULTIMATE, PENULTIMATE_LAYER, encoder_reading
 from ..errors import IPAdapterError
 from ..preprocess import CLIP_MEAN, CLIP_STD
 
-# Heads per width for the CLIP vision towers IP-Adapters use (not recoverable from the weights).
-HEADS_BY_WIDTH = {1280: 16, 1664: 16, 1024: 16, 768: 12}
-# OpenAI's ViT-L/14 uses quick_gelu; the LAION ViT-H and ViT-bigG use gelu.
-ACTIVATION_BY_WIDTH = {1024: "quick_gelu"}
 
 
 class ImageEncoder(nn.Module, metaclass=abc.ABCMeta):
@@ -49,7 +45,7 @@ class TransformersImageEncoder(ImageEncoder):
 
     def features(self, pixels: torch.Tensor, output: str) -> torch.Tensor:
         result = self.model(pixel_values=pixels.to(self.model.dtype), output_hidden_states=output == PENULTIMATE)
-        return result.image_embeds if output == IMAGE_EMBEDS else result.hidden_states[-2]
+        return result.image_embeds if output == IMAGE_EMBEDS else result.hidden_states[PENULTIMATE_LAYER]
 
     def width(self, output: str) -> int:
         return self.model.config.projection_dim if output == IMAGE_EMBEDS else self.model.config.hidden_size
@@ -70,7 +66,7 @@ class OpenClipImageEncoder(ImageEncoder):
             return self.visual(pixels.to(dtype))
         captured = []
         blocks = self.visual.transformer.resblocks
-        handle = blocks[-2].register_forward_hook(lambda module, args, out: captured.append(out))
+        handle = blocks[PENULTIMATE_LAYER].register_forward_hook(lambda module, args, out: captured.append(out))
         try:
             self.visual(pixels.to(dtype))
         finally:
@@ -118,17 +114,18 @@ def vision_config_from_weights(weights: dict[str, torch.Tensor], name: str):
     except KeyError as error:
         raise IPAdapterError(f"{name} is not a CLIP vision model with projection in transformers' layout (no {error.args[0]}).") from error
     width = patch.shape[0]
-    layers = 1 + max(int(m.group(1)) for key in weights if (m := re.match(r"vision_model\.encoder\.layers\.(\d+)\.", key)))
+    layers = 1 + max(int(m.group(1)) for key in weights if (m := TRANSFORMERS_LAYER_KEY.match(key)))
+    known = encoder_reading(PENULTIMATE, width)  # heads and activation are not in the weights
     grid = round((positions - 1) ** 0.5)
     return CLIPVisionConfig(
         hidden_size=width,
         intermediate_size=weights["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
-        num_attention_heads=HEADS_BY_WIDTH.get(width, max(1, width // 64)),
+        num_attention_heads=known.heads if known is not None and known.heads else max(1, width // 64),
         num_hidden_layers=layers,
         projection_dim=projection.shape[0],
         patch_size=patch.shape[-1],
         image_size=grid * patch.shape[-1],
-        hidden_act=ACTIVATION_BY_WIDTH.get(width, "gelu"),
+        hidden_act=known.activation if known is not None else "gelu",
     )
 
 
