@@ -1,8 +1,8 @@
 """Flux.1 and SD3.5 through the same nodes: every control users rely on, checked by its numbers.
 
 Small random Flux and SD3.5-structured models (tools.random_models) in the real ComfyUI; adapters
-in the official XLabs / InstantX layouts. Exactness against diffusers is in test_reference_flux.py
-and test_reference_sd3.py; here: what the controls do, how adapters compose with each other, with
+in the official XLabs / InstantX layouts. Exactness against diffusers is in tests/test_reference_dit.py;
+here: what the controls do, how adapters compose with each other, with
 LoRA, ControlNet and other packs' block patches, and the errors for wrong inputs.
 """
 

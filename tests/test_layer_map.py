@@ -12,7 +12,7 @@ import pytest
 
 from tools.random_models import SD15_LAYER_DIMS, meta_model, sdxl_layer_dims
 
-# The SD1.5 table of ipadapter-reference.md section 2, written out.
+# The official SD1.5 layer table (tools/random_models.py's SD15_LAYER_DIMS), with each layer's UNet block written out.
 SD15_TABLE = {1: ("input", 1), 3: ("input", 2), 5: ("input", 4), 7: ("input", 5), 9: ("input", 7), 11: ("input", 8),
               13: ("output", 3), 15: ("output", 4), 17: ("output", 5), 19: ("output", 6), 21: ("output", 7), 23: ("output", 8),
               25: ("output", 9), 27: ("output", 10), 29: ("output", 11), 31: ("middle", 0)}

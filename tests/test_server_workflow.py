@@ -51,7 +51,7 @@ def object_info(pack) -> dict:
                "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)}
         for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
     }
-    info.update({name: cls.GET_NODE_INFO_V1() for name, cls in pack_nodes().items()})  # what server.py sends for V3 nodes
+    info.update({name: cls.GET_NODE_INFO_V1() for name, cls in pack_nodes().items()})  # what the server sends for V3 nodes
     return json.loads(json.dumps(info))  # tuples become lists, as they arrive from the server
 
 

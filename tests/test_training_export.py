@@ -120,7 +120,7 @@ class OfficialProcessor(torch.nn.Module):
 
 
 class OfficialScriptModel(torch.nn.Module):
-    """What tutorial_train.py hands to accelerator.save_state: unet first, then image_proj_model, adapter_modules."""
+    """What the official IP-Adapter training script hands to accelerator.save_state: unet first, then image_proj_model, adapter_modules."""
 
     def __init__(self, unet, adapter):
         super().__init__()

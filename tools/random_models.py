@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-# Official SD1.5 layer table (ipadapter-reference.md section 2): processor index n -> inner_dim.
+# The official SD1.5 layer table (the order diffusers numbers attention processors in): processor index n -> inner_dim.
 SD15_LAYER_DIMS = [(1, 320), (3, 320), (5, 640), (7, 640), (9, 1280), (11, 1280), (13, 1280), (15, 1280), (17, 1280),
                    (19, 640), (21, 640), (23, 640), (25, 320), (27, 320), (29, 320), (31, 1280)]
 
@@ -25,7 +25,7 @@ def sdxl_layer_dims() -> list[tuple[int, int]]:
     return [(2 * i + 1, dim) for i, dim in enumerate(blocks)]
 
 
-# The tiny UNet of comfyui-host.md: ComfyUI detects it as SD1.5 (25.8M parameters).
+# A tiny UNet that ComfyUI detects as SD1.5 (25.8M parameters): one level of 320 channels, four cross-attention layers.
 TINY_UNET_CONFIG = dict(
     image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1], channel_mult=[1],
     num_head_channels=64, use_spatial_transformer=True, use_linear_in_transformer=False, context_dim=768,

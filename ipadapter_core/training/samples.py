@@ -2,7 +2,7 @@
 
 The image prompt is made by `encoding.encode_image_prompt` (the nodes' code: CLIP preprocessing,
 projection, unconditional tokens) and the UNet runs with the training processors, whose image
-branch is `attention.py`; so the samples show what the adapter will do when applied.
+branch is `ipadapter_core/attention.py`; so the samples show what the adapter will do when applied.
 """
 
 from __future__ import annotations
