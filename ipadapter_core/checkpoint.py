@@ -94,7 +94,12 @@ def check_weight(source: str, name: object, tensor: object) -> None:
         raise IPAdapterError(f"{source}: entry {name!r} is not a named tensor; the file is not an IP-Adapter checkpoint.")
     if not tensor.is_floating_point() or tensor.is_complex():
         raise IPAdapterError(f"{source}: {name} holds {tensor.dtype} values, but IP-Adapter weights are floating point; the file is damaged. Download it again.")
-    if tensor.device.type != "meta" and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+    if tensor.device.type == "meta":
+        return
+    stored = tensor.untyped_storage().nbytes() // tensor.element_size()
+    if tensor.numel() > stored:  # a pickled view repeating a few values (zero strides): any use would allocate it in full
+        raise IPAdapterError(f"{source}: {name} declares {tensor.numel()} values over {stored} stored ones; the file is damaged. Download it again.")
+    if tensor.numel() and not bool(torch.isfinite(tensor).all()):
         raise IPAdapterError(f"{source}: {name} contains NaN or infinite values; the file is damaged. Download it again.")
 
 

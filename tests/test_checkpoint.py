@@ -217,3 +217,16 @@ def test_pickle_or_corrupt_is_decided_from_the_file_not_from_torchs_message(tmp_
     with pytest.raises(IPAdapterError, match=message):
         load_adapter_weights(path)
     assert not list(tmp_path.glob("pwned*"))
+
+
+def test_a_pickled_view_repeating_a_few_values_is_refused_before_it_is_expanded(tmp_path):
+    """A zero-stride view pickles as its few stored values: checking or using it would allocate the
+    whole declared tensor (found by tools/hostile_files.py: 440 MB from a 2 MB file)."""
+    state = adapter_state_dict("base", SD15_LAYER_DIMS[:1], seed=5)
+    key = "1.to_k_ip.weight"
+    state["ip_adapter"][key] = state["ip_adapter"][key].expand(64, *state["ip_adapter"][key].shape)  # (64, 320, 768) over 320 x 768
+    path = tmp_path / "repeated.bin"
+    torch.save(state, path)
+    assert path.stat().st_size < 20 << 20
+    with pytest.raises(IPAdapterError, match=r"repeated.bin: 1.to_k_ip.weight declares 15728640 values over 245760 stored ones"):
+        load_adapter_weights(path)

@@ -2,7 +2,9 @@
 
 A fixed-seed sample of tools/hostile_files.py's cases (the full count runs as a benchmark,
 `python -m benchmarks.hostile_files`): each in a child process with an alarm against hangs, a
-restart after a crash, and its peak resident memory compared with the file's size.
+restart after a crash, and its peak resident memory compared with the file's size. The damaged
+files start from every layout the loaders read: base, plus, full-face, FaceID (with its LoRA),
+Flux and SD3.5 adapters; CLIP vision in both key layouts and SigLIP; saved image prompts.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_safetensors
 
+from ipadapter_core.encoders import SIGLIP
+
 REPO = Path(__file__).resolve().parents[1]
 ALLOWANCE_BYTES = 24 << 20  # interpreter, torch and allocator slack a load may touch beyond the file
 CASE_TIMEOUT_S = 20
@@ -77,11 +79,40 @@ def tiny_adapter(kind: str, generator: torch.Generator, cross: int = 16, clip: i
     return {"image_proj": proj, "ip_adapter": ip}
 
 
+def tiny_dit_or_faceid_adapter(kind: str, seed: int) -> dict:
+    """The other official layouts at toy sizes: FaceID with its in-file LoRA (nested), XLabs' Flux
+    (flat keys), InstantX's SD3.5 (nested), from the generators the reference tests use."""
+    from tools import random_models
+
+    if kind == "faceid":
+        return random_models.faceid_state_dict("faceid", [(1, 32), (3, 32)], cross_dim=16, seed=seed, lora_rank=4)
+    if kind == "flux":
+        return random_models.flux_adapter_state_dict(blocks=2, hidden=32, width=16, clip_dim=12, tokens=2, seed=seed)
+    return random_models.sd3_adapter_state_dict(blocks=2, hidden=32, head_dim=16, dim=64, heads=1, depth=1, queries=2, clip_dim=12,
+                                                timestep_dim=8, seed=seed)
+
+
+ADAPTER_KINDS = ("base", "plus", "full", "faceid", "flux", "sd3")
+
+
+def adapter_state(kind: str, generator: torch.Generator) -> dict:
+    """A valid adapter of `kind` (ADAPTER_KINDS): nested {"image_proj", "ip_adapter"}, or flat for Flux."""
+    if kind in ("base", "plus", "full"):
+        return tiny_adapter(kind, generator)
+    return tiny_dit_or_faceid_adapter(kind, int(torch.randint(0, 2**31, (1,), generator=generator)))
+
+
 def tiny_encoder(layout: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """What identifies a CLIP vision file: its projection and a few layers, in transformers or open_clip keys."""
+    """What identifies an image encoder file: a CLIP projection and a few layers in transformers or
+    open_clip keys, or SigLIP's patch bias, positions and final norm (no projection, no class token)."""
     if layout == "transformers":
         state = {f"vision_model.encoder.layers.{i}.layer_norm1.weight": torch.ones(4) for i in range(3)}
         state["visual_projection.weight"] = torch.randn(12, 20, generator=generator)
+    elif layout == "siglip":
+        state = {f"vision_model.encoder.layers.{i}.layer_norm1.weight": torch.ones(4) for i in range(3)}
+        state["vision_model.embeddings.patch_embedding.bias"] = torch.randn(4, generator=generator)
+        state["vision_model.embeddings.position_embedding.weight"] = torch.randn(SIGLIP.positions, 4, generator=generator)
+        state["vision_model.post_layernorm.weight"] = torch.ones(SIGLIP.hidden_width)
     else:
         state = {f"visual.transformer.resblocks.{i}.attn.in_proj_weight": torch.ones(4) for i in range(3)}
         state["visual.proj"] = torch.randn(20, 12, generator=generator)
@@ -110,13 +141,13 @@ def seeds(seed: int) -> dict[str, list[tuple[str, bytes]]]:
     """Valid files per loader kind: (suffix, bytes)."""
     generator = torch.Generator().manual_seed(seed)
     adapters = []
-    for kind in ("base", "plus", "full"):
-        state = tiny_adapter(kind, generator)
-        adapters.append((".safetensors", save_safetensors(flat(state))))
+    for kind in ADAPTER_KINDS:
+        state = adapter_state(kind, generator)
+        adapters.append((".safetensors", save_safetensors(state if kind == "flux" else flat(state))))
         adapters.append((".bin", torch_bytes(state)))
     adapters.append((".bin", torch_bytes({k: {n: t.half() for n, t in v.items()} for k, v in tiny_adapter("base", generator).items()})))
     encoders = []
-    for layout in ("transformers", "open_clip"):
+    for layout in ("transformers", "open_clip", "siglip"):
         state = tiny_encoder(layout, generator)
         encoders.append((".safetensors", save_safetensors(state)))
         encoders.append((".bin", torch_bytes(state)))
@@ -253,21 +284,26 @@ def nested(depth: int):
 
 def structured_pickle(kind: str, rng: random.Random, generator: torch.Generator, marker: str) -> bytes:
     """torch.save files with the wrong content: code, wrong dtypes/shapes, NaN, non-tensors, odd formats."""
-    base = tiny_adapter(rng.choice(["base", "plus", "full"]), generator) if kind == "adapter" else {"state": tiny_encoder("transformers", generator)}
+    if kind == "adapter":
+        base = adapter_state(rng.choice(ADAPTER_KINDS), generator)
+    else:
+        base = {"state": tiny_encoder(rng.choice(["transformers", "siglip"]), generator)}
+    flat_layout = not all(isinstance(value, dict) for value in base.values())  # XLabs' Flux files
     section = rng.choice(list(base))
-    key = rng.choice(list(base[section]))
+    tensors = base if flat_layout else base[section]  # the dict of tensors to damage
+    key = rng.choice(list(tensors))
     choice = rng.randrange(11)
     if choice == 0:
-        base[section][key] = hostile_objects(rng, marker)
+        tensors[key] = hostile_objects(rng, marker)
     elif choice == 1:
-        base[section][key] = base[section][key].to(rng.choice([torch.int32, torch.int64, torch.bool, torch.uint8, torch.complex64, torch.float64, torch.bfloat16]))
+        tensors[key] = tensors[key].to(rng.choice([torch.int32, torch.int64, torch.bool, torch.uint8, torch.complex64, torch.float64, torch.bfloat16]))
     elif choice == 2:
-        tensor = base[section][key]
-        base[section][key] = rng.choice([tensor.t() if tensor.ndim == 2 else tensor[None], tensor.reshape(-1), tensor[..., :0], torch.zeros(0), tensor[None, None]])
+        tensor = tensors[key]
+        tensors[key] = rng.choice([tensor.t() if tensor.ndim == 2 else tensor[None], tensor.reshape(-1), tensor[..., :0], torch.zeros(0), tensor[None, None]])
     elif choice == 3:
-        base[section][key] = base[section][key].clone().fill_(rng.choice([float("nan"), float("inf")]))
+        tensors[key] = tensors[key].clone().fill_(rng.choice([float("nan"), float("inf")]))
     elif choice == 4:
-        base[section][key] = rng.choice([1, "weights", [torch.zeros(1)], None, 2**100, {"a": torch.zeros(1)}])
+        tensors[key] = rng.choice([1, "weights", [torch.zeros(1)], None, 2**100, {"a": torch.zeros(1)}])
     elif choice == 5:
         base[section] = nested(rng.choice([10, 100, 300]))
     elif choice == 6:
@@ -277,9 +313,9 @@ def structured_pickle(kind: str, rng: random.Random, generator: torch.Generator,
     elif choice == 8:
         base = {f"k{i}": torch.zeros(1) for i in range(rng.choice([0, 1, 3000]))}
     elif choice == 9:
-        base[section][rng.choice([5, ("a",), 3.5])] = torch.zeros(1)
+        tensors[rng.choice([5, ("a",), 3.5])] = torch.zeros(1)
     else:
-        base[section][key] = base[section][key].expand(1000, *base[section][key].shape)  # a view sharing one storage
+        tensors[key] = tensors[key].expand(1000, *tensors[key].shape)  # a view sharing one storage
     return torch_bytes(base)
 
 
@@ -431,14 +467,28 @@ def loaders():
     """The pack's loaders, each taking a path: what the nodes call for these files."""
     from ipadapter_core.adapter import IPAdapterModel
     from ipadapter_core.encoder_files import find_encoder
+    from ipadapter_core.encoders import IMAGE_EMBEDS, PENULTIMATE
+    from ipadapter_core.errors import IPAdapterError
     from ipadapter_core.prompt_file import load_image_prompt
-    from ipadapter_core.encoders import IMAGE_EMBEDS
-    from ipadapter_core.variants import AdapterSpec
+    from ipadapter_core.variants import SD3, AdapterSpec
 
-    spec = AdapterSpec(projection="linear", encoder_output=IMAGE_EMBEDS, encoder_width=12, cross_attention_dim=16, num_tokens=4, layer_dims=((1, 32),))
+    clip = AdapterSpec(projection="linear", encoder_output=IMAGE_EMBEDS, encoder_width=12, cross_attention_dim=16, num_tokens=4, layer_dims=((1, 32),))
+    siglip = AdapterSpec(projection="time_resampler", encoder_output=PENULTIMATE, encoder_width=SIGLIP.hidden_width, cross_attention_dim=16,
+                         num_tokens=2, layer_dims=((0, 32),), architecture=SD3)
+
+    def find_either(path):
+        """The file for a CLIP adapter, else for the SD3.5 adapter (SigLIP); the CLIP answer's error if neither fits."""
+        try:
+            return find_encoder(clip, [path])
+        except IPAdapterError as error:
+            try:
+                return find_encoder(siglip, [path])
+            except IPAdapterError:
+                raise error from None
+
     return {
         "adapter": IPAdapterModel.load,
-        "encoder": lambda path: find_encoder(spec, [path]),
+        "encoder": find_either,
         "image_prompt": load_image_prompt,
     }
 
