@@ -174,6 +174,35 @@ def test_caches_are_released_after_sampling(comfy, tiny_model, base, base_prompt
     assert torch.equal(sample(comfy, patched), first)
 
 
+@pytest.mark.parametrize("how", ["interrupt flag", "exception from the callback"])
+def test_interrupted_sampling_leaves_no_cached_keys_values(comfy, tiny_model, base, base_prompt, how):
+    """Cancelled mid-sampling (the frontend's interrupt sets the flag the host's ops check; a step
+    callback may raise too): no cached image keys/values, masks or gates survive, and the next run
+    equals one on a fresh patch."""
+    import comfy.model_management as management
+
+    patched = apply(tiny_model, base, base_prompt, start_at=0.1)
+    steps_seen = []
+
+    def cancel_after_two_steps(step, *_):
+        steps_seen.append(step)
+        if step == 1:
+            if how == "interrupt flag":
+                management.interrupt_current_processing(True)
+            else:
+                raise management.InterruptProcessingException()
+
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    with pytest.raises(management.InterruptProcessingException):
+        comfy.sample.sample(patched, noise, 6, 5.0, "euler", "normal", conditioning(1), conditioning(2), torch.zeros(1, 4, 8, 8),
+                            seed=0, disable_pbar=True, callback=cancel_after_two_steps)
+    assert steps_seen == [0, 1] and not management.processing_interrupted()  # stopped inside step three, flag consumed
+    patches = list(patched.model_options["transformer_options"]["patches_replace"]["attn2"].values())
+    assert all(not p.cache and not p.mask_cache for p in patches)
+    assert all(p.branches[0].gate_cache == [None, None] and not p.branches[0].device_cache for p in patches)
+    assert torch.equal(sample(comfy, patched), sample(comfy, apply(tiny_model, base, base_prompt, start_at=0.1)))
+
+
 def test_calls_the_patch_another_pack_registered(comfy, tiny_model, base, base_prompt):
     """A foreign attn2 patch (here: scales the text attention) keeps working under ours."""
     import comfy.ldm.modules.attention as attention
