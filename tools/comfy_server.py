@@ -179,10 +179,13 @@ class ComfyServer:
     def object_info(self) -> dict[str, Any]:
         return json.loads(self.request("/object_info"))
 
-    def queue(self, api_prompt: dict) -> str:
-        """POST /prompt; returns the prompt id, or raises PromptRejected with the server's node_errors."""
+    def queue(self, api_prompt: dict, client_id: str | None = None) -> str:
+        """POST /prompt; returns the prompt id, or raises PromptRejected with the server's node_errors.
+
+        client_id: the websocket client that gets the prompt's progress messages (as the frontend's).
+        """
         try:
-            answer = json.loads(self.request("/prompt", {"prompt": api_prompt, "client_id": uuid.uuid4().hex}))
+            answer = json.loads(self.request("/prompt", {"prompt": api_prompt, "client_id": client_id or uuid.uuid4().hex}))
         except urllib.error.HTTPError as error:
             if error.code != 400:
                 raise
@@ -190,19 +193,28 @@ class ComfyServer:
             raise PromptRejected(body.get("error", {}), body.get("node_errors", {})) from None
         return answer["prompt_id"]
 
-    def wait(self, prompt_id: str, timeout: float = 600) -> dict[str, Any]:
+    def wait(self, prompt_id: str, timeout: float = 600, poll: float = 0.5) -> dict[str, Any]:
         """Poll /history until the prompt is done; its history entry, or PromptFailed with the node's error."""
+        entry = self.wait_done(prompt_id, timeout, poll)
+        status = entry.get("status") or {}
+        if status.get("status_str") == "error":
+            raise execution_error(status)
+        return entry
+
+    def wait_done(self, prompt_id: str, timeout: float = 600, poll: float = 0.5) -> dict[str, Any]:
+        """Poll /history until the prompt is done, whatever its end (success, error, interrupted)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
             entry = json.loads(self.request(f"/history/{urllib.parse.quote(prompt_id)}")).get(prompt_id)
             if entry is not None:  # a prompt enters the history when it is done
-                status = entry.get("status") or {}
-                if status.get("status_str") == "error":
-                    raise execution_error(status)
                 return entry
-            time.sleep(0.5)
+            time.sleep(poll)
         raise TimeoutError(f"Prompt {prompt_id} not done after {timeout:.0f} s.\n{self.log_tail()}")
+
+    def interrupt(self, prompt_id: str) -> None:
+        """POST /interrupt naming the running prompt, as the frontend's cancel button does."""
+        self.request("/interrupt", {"prompt_id": prompt_id})
 
     @staticmethod
     def output_images(history_entry: dict) -> list[dict[str, str]]:
