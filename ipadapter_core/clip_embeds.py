@@ -11,7 +11,6 @@ need code to unpickle is refused.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from .adapter import IPAdapterModel
-from .checkpoint import first_line
 from .encoding import Encoder, build_prompt, check_feature_width, combine_features
 from .errors import IPAdapterError
 from .image_prompt import ImagePrompt
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_pixels
 from .variants import IMAGE_EMBEDS, AdapterSpec
+from .weight_files import FileDamaged, NeedsCode, UnsupportedFormat, load_pickle_weights, regular_file_size
 
 EXTENSION = ".ipadpt"
 EMBEDS_COMBINE_METHODS = ("concat", "add", "subtract", "average", "norm average", "max", "min")
@@ -153,17 +152,16 @@ def save_clip_embeds(embeds: torch.Tensor, path: str | Path) -> Path:
 def load_clip_embeds(path: str | Path) -> torch.Tensor:
     """A `.ipadpt` file as a float tensor; files that need code to unpickle are refused, not run."""
     path = Path(path)
-    if not path.is_file():
-        raise IPAdapterError(f"Embeds file not found: {path}. Put the {EXTENSION} file in ComfyUI's input folder.")
-    try:
-        embeds = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+    size = regular_file_size(path, f"Put the {EXTENSION} file in ComfyUI's input folder.", "CLIP embeds", "Save the embeds again.")
+    try:  # the checks every pickle-based weight file gets: decided from the file's bytes, never run
+        embeds = load_pickle_weights(path, size)
+    except NeedsCode as error:
         raise IPAdapterError(
-            f"{path.name} is not a plain tensor file: it is damaged, or it holds Python objects that can only be loaded "
-            f"by running code, which is refused. Save the embeds again. ({first_line(error)})"
+            f"{path.name} is not a plain tensor file: it holds Python objects ({', '.join(error.names[:4])}) that can only be "
+            "loaded by running code, which is refused. Save the embeds again."
         ) from error
-    except Exception as error:  # a damaged stream can make the unpickler raise almost anything
-        raise IPAdapterError(f"{path.name} could not be read ({first_line(error)}); save the embeds again.") from error
+    except (FileDamaged, UnsupportedFormat) as error:
+        raise IPAdapterError(f"{path.name} could not be read as CLIP embeds ({error}); save the embeds again.") from error
     if not isinstance(embeds, torch.Tensor) or embeds.ndim not in (2, 3) or not embeds.is_floating_point() or embeds.numel() == 0:
         found = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
         raise IPAdapterError(

@@ -19,22 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from .checkpoint import SAFETENSORS_SUFFIXES, split_adapter_weights
+from .checkpoint import split_adapter_weights
 from .errors import IPAdapterError
 from .layer_map import CrossAttentionLayer, family_of
-from .variants import (
-    ENCODERS,
-    FACE_EMBEDS,
-    FACE_WIDTH,
-    PENULTIMATE,
-    AdapterSpec,
-    detect_variant,
-)
+from .encoders import CLIP_VIT_BIGG, CLIP_VIT_H
+from .encoders import INSIGHTFACE as INSIGHTFACE_ENCODER
+from .variants import AdapterSpec, detect_variant
+from .weight_files import load_pickle_weights, read_weights, safetensors_shapes, weight_format
 
 # The encoders' names as AdapterSpec.encoder_name gives them.
-VIT_H, VIT_BIGG, INSIGHTFACE = ENCODERS[(PENULTIMATE, 1280)], ENCODERS[(PENULTIMATE, 1664)], ENCODERS[(FACE_EMBEDS, FACE_WIDTH)]
+VIT_H, VIT_BIGG, INSIGHTFACE = CLIP_VIT_H.name, CLIP_VIT_BIGG.name, INSIGHTFACE_ENCODER.name
 AUTO = "auto"  # the ipadapter_file choice that lets the weights decide
 
 
@@ -106,18 +101,15 @@ def cached_spec(path: str, size: int, mtime_ns: int) -> AdapterSpec | None:
 
 
 def read_adapter_shapes(path: Path) -> dict:
-    """Key -> shape (nested like the file) without reading tensor data: the safetensors header or a memory-mapped pickle."""
-    try:
-        if path.suffix in SAFETENSORS_SUFFIXES:
-            with safe_open(str(path), framework="pt", device="cpu") as file:
-                return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # pickles saved before torch's zip format cannot be memory-mapped
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001  one unreadable file must not stop the scan
-        raise IPAdapterError(f"not readable as plain weights ({str(error).strip()[:200]})") from error
-    return shapes_of(state)
+    """Key -> shape (nested like the file) without reading tensor data, through the checks every weight file gets."""
+    return read_weights(path, "IP-Adapter", "Put it in models/ipadapter.", reader=nested_shapes)
+
+
+def nested_shapes(path: Path, size: int) -> object:
+    """The safetensors header, or a memory-mapped pickle's tensors as shapes."""
+    if weight_format(path) == "safetensors":
+        return safetensors_shapes(path)
+    return shapes_of(load_pickle_weights(path, size, mmap=True))
 
 
 def shapes_of(state: object) -> object:

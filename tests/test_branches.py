@@ -85,18 +85,22 @@ def test_style_and_composition_adds_the_composition_branch(adapter):
 
 @pytest.mark.parametrize("spec, style_factor, composition_factor, elsewhere", [
     ("composition: 0.5", 1.0, 0.5, 0.0),
-    ("style: 0.25", 0.25, 1.0, 0.0),
+    ("style: 0.25", 0.25, None, 0.0),  # None: the composition half keeps its own factors
     ("all: 0.3", 0.3, 0.3, 0.3),
 ])
 def test_layer_weights_reach_both_halves_of_style_and_composition(adapter, spec, style_factor, composition_factor, elsewhere):
-    """Each layer belongs to one half: the composition block to composition_image_prompt's branch, every
-    other layer to image_prompt's; layer_weights set factors in both (bug: they reached the style half only)."""
-    in_composition = {key for key, value in layer_factors(LAYERS, "composition").items() if value}
-    in_style = {key for key, value in layer_factors(LAYERS, "style transfer").items() if value}
+    """Each layer belongs to one half: the composition blocks to composition_image_prompt's branch, every
+    other layer to image_prompt's; layer_weights set factors in both (bug: they reached the style half only).
+    On SD1.5 the leading pack's table gives the composition half input 7 at 0.25 and input 8 at 1."""
+    own_composition = composition_factors(LAYERS, "style and composition")
+    assert {key: value for key, value in own_composition.items() if value} == {("input", 7, 0): 0.25, ("input", 8, 0): 1.0}
+    in_composition = {key for key, value in own_composition.items() if value}
+    in_style = {key for key, value in layer_factors(LAYERS, "style and composition").items() if value}
     style, composition = build(adapter, prompt_of(adapter), weight_type="style and composition", layer_weights=spec)
     for key in (layer.key for layer in LAYERS):
         expected_style = 0.0 if key in in_composition else style_factor if key in in_style else elsewhere
-        expected_composition = composition_factor if key in in_composition else 0.0
+        own = own_composition[key] if composition_factor is None else composition_factor
+        expected_composition = own if key in in_composition else 0.0
         assert (style.layer_weights[key], composition.layer_weights[key]) == (expected_style, expected_composition), key
 
 
