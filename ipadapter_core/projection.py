@@ -230,21 +230,9 @@ def build_image_projection(spec: AdapterSpec, state_dict: dict[str, torch.Tensor
                 ff_mult=state_dict["perceiver_resampler.layers.0.1.1.weight"].shape[0] // state_dict["perceiver_resampler.proj_in.weight"].shape[0],
             )
             model = FacePlusProjection(spec.face_width, state_dict["proj.0.weight"].shape[0], spec.cross_attention_dim, spec.num_tokens, perceiver)
-        elif spec.projection == "time_resampler":
+        else:  # "resampler", "face_resampler", "time_resampler"
             dim = state_dict["proj_in.weight"].shape[0]
-            model = TimeResampler(
-                dim=dim,
-                depth=spec.resampler_depth,
-                heads=spec.resampler_heads,
-                num_queries=spec.num_tokens,
-                embedding_dim=spec.encoder_width,
-                output_dim=spec.cross_attention_dim,
-                timestep_dim=state_dict["time_embedding.linear_1.weight"].shape[1],
-                ff_mult=state_dict["layers.0.1.1.weight"].shape[0] // dim,
-            )
-        else:  # "resampler", "face_resampler"
-            dim = state_dict["proj_in.weight"].shape[0]
-            model = Resampler(
+            shape = dict(
                 dim=dim,
                 depth=spec.resampler_depth,
                 heads=spec.resampler_heads,
@@ -253,5 +241,9 @@ def build_image_projection(spec: AdapterSpec, state_dict: dict[str, torch.Tensor
                 output_dim=spec.cross_attention_dim,
                 ff_mult=state_dict["layers.0.1.1.weight"].shape[0] // dim,
             )
+            if spec.projection == "time_resampler":
+                model = TimeResampler(**shape, timestep_dim=state_dict["time_embedding.linear_1.weight"].shape[1])
+            else:
+                model = Resampler(**shape)
     model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval().requires_grad_(False)

@@ -53,6 +53,33 @@ def node(name: str):
     return NodeRunner(pack_nodes()[name])
 
 
+def encode(adapter, clip_vision, image, **options):
+    """Encode Image Prompt's image prompt."""
+    return node("ExactEncodeImagePrompt")(adapter, clip_vision, image, **options)[0]
+
+
+def apply(model, adapter, prompt, weight=1.0, start_at=0.0, end_at=1.0, **options):
+    """Apply IP-Adapter's patched model."""
+    return node("ExactApplyIPAdapter")(model, adapter, prompt, weight, start_at, end_at, **options)[0]
+
+
+def object_info_in_process() -> dict:
+    """What /object_info says about the stock nodes and this pack, built in-process from the node classes."""
+    import json
+
+    import nodes
+
+    from tools.comfy_host import pack_nodes
+
+    info = {
+        name: {"input": cls.INPUT_TYPES(), "input_order": {group: list(specs) for group, specs in cls.INPUT_TYPES().items()},
+               "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)}
+        for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
+    }
+    info.update({name: cls.GET_NODE_INFO_V1() for name, cls in pack_nodes().items()})  # what the server sends for V3 nodes
+    return json.loads(json.dumps(info))  # tuples become lists, as they arrive from the server
+
+
 def full_sd15(comfy):
     """A random full-size SD1.5 UNet in diffusers, and ComfyUI's model loaded from the same weights."""
     from diffusers import UNet2DConditionModel

@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from helpers import conditioning, node, predict_noise, relative_error
+from helpers import apply, conditioning, encode, node, predict_noise, relative_error
 from tools.random_models import adapter_state_dict, meta_model, save_adapter
 
 
@@ -24,14 +24,6 @@ def adapters(pack, tmp_path_factory, tiny_layer_dims):
 
 def images(seed, count=1, height=96, width=128):
     return torch.rand(count, height, width, 3, generator=torch.Generator().manual_seed(seed))
-
-
-def encode(adapter, clip_vision, image, **options):
-    return node("ExactEncodeImagePrompt")(adapter, clip_vision, image, **options)[0]
-
-
-def apply(model, adapter, prompt, weight=1.0, start_at=0.0, end_at=1.0, **options):
-    return node("ExactApplyIPAdapter")(model, adapter, prompt, weight, start_at, end_at, **options)[0]
 
 
 def evaluate(comfy, model, batch=1, height=8, width=8, positive=None, negative=None):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import object_info_in_process
 from ipadapter_core.convert import convert_workflow
 from ipadapter_core.convert.__main__ import main
 from ipadapter_core.convert.leading import LEADING_NODES
@@ -520,18 +521,7 @@ def test_the_leading_table_lists_every_node_of_that_pack():
 
 @pytest.fixture(scope="module")
 def object_info(pack) -> dict:
-    """What /object_info says about the stock nodes and this pack, built in-process from the node classes."""
-    import nodes
-
-    from tools.comfy_host import pack_nodes
-
-    info = {
-        name: {"input": cls.INPUT_TYPES(), "input_order": {group: list(specs) for group, specs in cls.INPUT_TYPES().items()},
-               "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)}
-        for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
-    }
-    info.update({name: cls.GET_NODE_INFO_V1() for name, cls in pack_nodes().items()})  # what server.py sends for V3 nodes
-    return json.loads(json.dumps(info))
+    return object_info_in_process()
 
 
 @pytest.mark.parametrize("node_type", sorted(OUR_NODES))

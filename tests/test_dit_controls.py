@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import node, predict_noise, relative_error
+from helpers import apply, node, predict_noise, relative_error
 from tools import random_models
 
 FLUX, SD3 = "flux", "sd3"
@@ -57,10 +57,6 @@ def random_prompt(adapter, references: int = 1, seed: int = 0):
         return ImagePrompt(features[:references], features[references:], adapter.model.identity, "")
     features = torch.randn(2 * references, spec.encoder_width, generator=generator)
     return ImagePrompt(adapter.model.project(features[:references]), adapter.model.project(features[references:]), adapter.model.identity, "")
-
-
-def apply(model, adapter, prompt, weight=1.0, start_at=0.0, end_at=1.0, **options):
-    return node("ExactApplyIPAdapter")(model, adapter, prompt, weight, start_at, end_at, **options)[0]
 
 
 def conditioning(kind: str, seed: int):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import conditioning, node, predict_noise
+from helpers import apply, conditioning, encode, node, predict_noise
 from tools.random_models import adapter_state_dict, save_adapter
 
 
@@ -24,14 +24,6 @@ def adapters(pack, tmp_path_factory, tiny_layer_dims):
 
 def images(seed, count=1, height=64, width=64):
     return torch.rand(count, height, width, 3, generator=torch.Generator().manual_seed(seed))
-
-
-def encode(adapter, clip_vision, image, **options):
-    return node("ExactEncodeImagePrompt")(adapter, clip_vision, image, **options)[0]
-
-
-def apply(model, adapter, prompt, weight=1.0, start_at=0.0, end_at=1.0, **options):
-    return node("ExactApplyIPAdapter")(model, adapter, prompt, weight, start_at, end_at, **options)[0]
 
 
 def result_or_clear_error(comfy, build, batch=1):

@@ -16,7 +16,7 @@ import itertools
 import pytest
 import torch
 
-from helpers import conditioning, node, predict_noise
+from helpers import apply, conditioning, encode, node, predict_noise
 import test_dit_controls as dit
 from tools.random_models import adapter_state_dict, save_adapter
 
@@ -33,14 +33,6 @@ def adapter(pack, tmp_path_factory, tiny_layer_dims):
 
 def images(seed, count=1):
     return torch.rand(count, 64, 64, 3, generator=torch.Generator().manual_seed(seed))
-
-
-def encode(adapter, clip_vision, image, **options):
-    return node("ExactEncodeImagePrompt")(adapter, clip_vision, image, **options)[0]
-
-
-def apply(model, adapter, prompt, weight=1.0, start_at=0.0, end_at=1.0, **options):
-    return node("ExactApplyIPAdapter")(model, adapter, prompt, weight, start_at, end_at, **options)[0]
 
 
 def one_evaluation(model_k, x, sigmas, extra_args=None, callback=None, disable=None):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.comfy_host import pack_nodes
+from helpers import object_info_in_process
 from tools.comfy_server import ComfyServer, PromptFailed, PromptRejected
 from tools.embedded_models import CHECKPOINT, CLIP_VISION, IPADAPTER, build_embedded_models, files_used_by
 from tools.workflow_api import shrink_for_cpu, ui_to_api
@@ -43,16 +43,7 @@ def add_link(workflow: dict, origin: int, origin_slot: int, target: int, target_
 
 @pytest.fixture(scope="module")
 def object_info(pack) -> dict:
-    """What /object_info says about the stock nodes and this pack, built in-process from the node classes."""
-    import nodes
-
-    info = {
-        name: {"input": cls.INPUT_TYPES(), "input_order": {group: list(specs) for group, specs in cls.INPUT_TYPES().items()},
-               "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)}
-        for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
-    }
-    info.update({name: cls.GET_NODE_INFO_V1() for name, cls in pack_nodes().items()})  # what the server sends for V3 nodes
-    return json.loads(json.dumps(info))  # tuples become lists, as they arrive from the server
+    return object_info_in_process()
 
 
 @pytest.fixture(scope="module")

@@ -224,17 +224,23 @@ def derived_v2_scale(view: NodeView):
 # --- rules -----------------------------------------------------------------------------------------
 
 
-def unified_loader(view: NodeView) -> Plan:
-    given = str(view.static("preset")).lower()
-    preset = next((ours for prefix, ours in PRESETS if given.startswith(prefix)), None)
-    if preset is None:
-        raise Unconvertible(f"preset {given!r} has no equivalent here")
+def loader_notes(view: NodeView, preset: str) -> list[str]:
+    """What a Unified Loader's conversion tells the user, for any preset."""
     notes = []
     if preset in SAME_LAYOUT:
         notes.append(f"'{preset}' and '{SAME_LAYOUT[preset]}' adapters have the same weight layout; if models/ipadapter holds both, "
                      "choose the file in ipadapter_file")
     if view.linked("ipadapter"):
         notes.append("its ipadapter input only shared models already loaded by another loader; not needed here")
+    return notes
+
+
+def unified_loader(view: NodeView) -> Plan:
+    given = str(view.static("preset")).lower()
+    preset = next((ours for prefix, ours in PRESETS if given.startswith(prefix)), None)
+    if preset is None:
+        raise Unconvertible(f"preset {given!r} has no equivalent here")
+    notes = loader_notes(view, preset)
     target = Target("ExactLoadIPAdapterPreset", {"preset": preset, "ipadapter_file": AUTO}, {"model": Upstream("model")})
     return Plan([target], {0: (0, 0), 1: (0, 1)}, notes, carries={CLIP_VISION: (0, 2)})
 
@@ -252,12 +258,7 @@ FACEID_APPLY_NODES = ("IPAdapter", "IPAdapterAdvanced", "IPAdapterBatch", "IPAda
 
 def unified_faceid_loader(view: NodeView) -> Plan:
     preset = faceid_preset(str(view.static("preset")))
-    notes = []
-    if preset in SAME_LAYOUT:
-        notes.append(f"'{preset}' and '{SAME_LAYOUT[preset]}' adapters have the same weight layout; if models/ipadapter holds both, "
-                     "choose the file in ipadapter_file")
-    if view.linked("ipadapter"):
-        notes.append("its ipadapter input only shared models already loaded by another loader; not needed here")
+    notes = loader_notes(view, preset)
     if preset in LORA_PRESETS and view.static("lora_strength"):
         notes.append("its LoRA is added by Apply IP-Adapter now (lora_strength), from the adapter file itself: no file in models/loras is needed")
         direct = sorted({kind for _, kind, _ in view.consumers(0) if kind not in FACEID_APPLY_NODES})
