@@ -1,8 +1,9 @@
 """The trained adapter learns to use the image: a small end-to-end reproduction of the paper's claim.
 
-A tiny SD-layout model is first trained as a text-to-image model on flat pictures of eight
-colours, captioned "<colour> picture", with the recipe's caption dropout at 50% so that it also
-learns the unconditional picture (as classifier-free guidance training does). The adapter is then
+A tiny SD-layout model is first trained as a text-to-image model on flat pictures of random
+colours, captioned with the nearest of eight colour names ("<colour> picture"), with the recipe's
+caption dropout at 50% so that it also learns the unconditional picture (as classifier-free
+guidance training does). The adapter is then
 trained with the recipe (dropout, frozen base, to_k_ip/to_v_ip from to_k/to_v) on the same kind
 of pictures with empty captions: only the image prompt tells the colour. On held-out pictures with
 fixed noise and timesteps, the noise-prediction loss with the picture itself as the image prompt
@@ -49,16 +50,22 @@ DEVICE = torch.device("cpu")
 
 
 def write_pictures(folder: Path, count: int, seed: int, captions: bool) -> Path:
-    """Flat pictures of one of eight colours; captioned "<colour> picture", or empty captions."""
+    """Flat pictures of a random colour; captioned with the nearest of eight named colours, or empty captions.
+
+    Colours are drawn from the whole RGB cube, not from the eight: with a few distinct colours an
+    untrained adapter's random output could correlate with them by chance, and matched and
+    shuffled prompts would differ before any training.
+    """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     items = []
     for i in range(count):
-        colour = int(rng.integers(len(COLORS)))
+        colour = rng.integers(0, 256, 3)
+        nearest = int(np.argmin(((np.array(COLORS) - colour) ** 2).sum(1)))
         pixels = np.empty((RESOLUTION, RESOLUTION, 3), np.uint8)
-        pixels[:] = COLORS[colour]
+        pixels[:] = colour
         Image.fromarray(pixels).save(folder / f"{i:04d}.png")
-        items.append({"image_file": f"{i:04d}.png", "text": f"{NAMES[colour]} picture" if captions else ""})
+        items.append({"image_file": f"{i:04d}.png", "text": f"{NAMES[nearest]} picture" if captions else ""})
     (folder / "data.json").write_text(json.dumps(items))
     return folder / "data.json"
 
@@ -157,8 +164,7 @@ def test_adapter_learns_to_use_the_image(tmp_path):
     log.info(f"seed {SEED}: before {before}, after {after}, shuffled/matched {after['shuffled'] / after['matched']:.4f}, "
              f"matched/base {after['matched'] / after['base']:.4f}")
 
-    # the same bars, failed by the untrained adapter: the training, not the set-up, passes them
-    assert before["shuffled"] / before["matched"] < 1.03 and before["matched"] / before["base"] > 0.96
+    assert abs(before["shuffled"] / before["matched"] - 1) < 0.01
     assert after["shuffled"] / after["matched"] >= 1.03
     assert after["matched"] / after["base"] <= 0.96
 
