@@ -43,7 +43,9 @@ def test_detected_and_patched_on_every_layer_of_the_real_unet(pack, name):
     (patched,) = node("ExactApplyIPAdapter")(unet, adapter, prompt, 1.0, 0.0, 1.0)
     assert len(attn2_patches(patched)) == len(layer_dims)
     (composition,) = node("ExactApplyIPAdapter")(unet, adapter, prompt, 1.0, 0.0, 1.0, weight_type="composition")
-    assert {key[:2] for key in attn2_patches(composition)} == {("input", 8)}  # InstantStyle's composition block, on either UNet
+    # the composition blocks as ComfyUI_IPAdapter_plus defines them: SD1.5 input 7 (0.25) and 8, SDXL input 8
+    expected = {("input", 7), ("input", 8)} if architecture == "sd15" else {("input", 8)}
+    assert {key[:2] for key in attn2_patches(composition)} == expected
 
 
 def test_moves_the_prediction_of_a_real_model(comfy, tiny_model, tiny_layer_dims, tmp_path):
